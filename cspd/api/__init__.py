@@ -1,0 +1,1 @@
+"""HTTP layer: the aiohttp application, its middleware and the CSP handlers."""
