@@ -1,9 +1,9 @@
 """The one place where cspd runs external programs.
 
-Every command is started from an argument list (never through a shell), with
-``LC_ALL=C`` so that messages do not depend on the host's locale, a timeout,
-and a closed standard input so that a program that prompts gets end-of-file
-instead of waiting forever. The blocking part runs in a worker thread, off the
+Every command is started from an argument list, never through a shell. It
+gets ``LC_ALL=C``, so its messages do not depend on the host's locale, a
+timeout, and a closed standard input, so a program that prompts reads
+end-of-file instead of waiting forever. The blocking part runs in a worker thread, off the
 event loop. Each run is logged at debug level on the ``cspd.command`` logger
 with its argv, exit code, duration and stderr. Standard input is never logged,
 so a secret a program needs goes there and never into argv.
@@ -29,7 +29,8 @@ from cspd.errors import CommandError
 
 logger = logging.getLogger("cspd.command")
 
-# The daemon's environment, plus this, is what a program sees.
+# Added to plumbum's ``local.env``, which is a copy of the daemon's environment
+# taken when plumbum is imported.
 COMMAND_ENV = {"LC_ALL": "C"}
 
 
@@ -46,10 +47,10 @@ class CommandResult:
 class CommandRunner:
     """Runs external commands; subclass and override ``execute`` to replay output.
 
-    ``run`` validates the argument list, logs and applies ``check``; ``execute``
-    only starts the program and collects what it printed, so a test double
-    that returns recorded results still gets the logging and the error
-    handling of the real runner.
+    ``run`` validates the argument list, logs and applies ``check``. ``execute``
+    only starts the program and collects its output, so a test double that
+    returns recorded results still gets the logging and error handling of
+    the real runner.
     """
 
     async def run(
@@ -71,7 +72,7 @@ class CommandRunner:
         before the cancellation goes on, so that an asyncio lock held around
         the call still covers the program until it has finished.
         """
-        args = list(argv)
+        args = [] if isinstance(argv, str | bytes) else list(argv)
         if not args or not all(isinstance(arg, str) for arg in args):
             raise TypeError(f"argv must be a non-empty list of strings, got {argv!r}")
         if timeout <= 0:
@@ -168,7 +169,13 @@ def _run_blocking(argv: list[str], timeout: float, input: bytes | None) -> Comma
         stdout, stderr = proc.communicate(input=input or b"", timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
-        stdout, stderr = proc.communicate()
+        try:
+            stdout, stderr = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            # A helper that left the process group keeps the pipes open, so
+            # drop the rest of the output instead of waiting for it.
+            proc.wait()
+            stdout, stderr = b"", b""
         raise CommandError(
             argv, None, _decode(stderr) + f"\nkilled after {timeout:g} s", timed_out=True
         ) from None

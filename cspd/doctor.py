@@ -48,6 +48,18 @@ TCP_LISTEN_STATE = "0A"
 # Time limit of the helper commands that are not LVM commands.
 COMMAND_TIMEOUT = 10.0
 
+# The HPE CSI node plugin logs in only to targets whose IQN matches
+# "iqn.*(VENDOR):.*" for one of these strings (targetVendorPatterns in
+# hpe-storage/common-host-libs linux/iscsi.go; "com.hpe" was added in 2024).
+# A target IQN is "<iscsi.iqn_prefix>:<name>", so the prefix must end with one.
+NODE_PLUGIN_VENDOR_STRINGS = (
+    "com.nimblestorage",
+    "com.3pardata",
+    "org.truenas.ctl",
+    "org.freenas.ctl",
+    "com.hpe",
+)
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -302,6 +314,20 @@ def check_portals_configured(portals: Sequence[str], local_addresses: Sequence[s
             "reach for iSCSI, one per network path",
         )
     return passed(check, f"not set, so the daemon uses every global address: {', '.join(chosen)}")
+
+
+def check_iqn_prefix(prefix: str) -> CheckResult:
+    """Pass when target IQNs made from ``prefix`` pass the HPE node plugin's filter."""
+    check = "iscsi.iqn_prefix"
+    if prefix.endswith(NODE_PLUGIN_VENDOR_STRINGS):
+        return passed(check, f"{prefix} ends with a vendor string the HPE CSI node plugin accepts")
+    return failed(
+        check,
+        f"{prefix} does not end with {', '.join(NODE_PLUGIN_VENDOR_STRINGS)}, so the HPE CSI "
+        "node plugin ignores this array's targets",
+        f"set iscsi.iqn_prefix to, for example, '{prefix}.com.hpe' (node plugins built before "
+        "late 2024 accept 'org.truenas.ctl' but not 'com.hpe'), then restart cspd",
+    )
 
 
 @dataclass(frozen=True)
@@ -641,6 +667,7 @@ def _network_results(config: Config, host: Host) -> list[CheckResult]:
         results.append(check_portals_configured(portals, [str(address) for address in local]))
         results.append(check_local_address("api.listen", config.api.listen, local))
         results.extend(check_local_address("iscsi.portals", p, local) for p in portals)
+    results.append(check_iqn_prefix(config.iscsi.iqn_prefix))
 
     listeners: list[TcpListener] = []
     for name, ipv6 in (("tcp", False), ("tcp6", True)):
@@ -729,6 +756,7 @@ __all__ = [
     "SystemHost",
     "TcpListener",
     "check_configfs",
+    "check_iqn_prefix",
     "check_iscsi_port",
     "check_kernel_module",
     "check_local_address",

@@ -3,9 +3,9 @@
 Every change goes through rtslib-fb, runs in a worker thread and is serialized
 by one lock, so two requests never edit configfs at the same time. rtslib and
 kernel errors are translated into ``LioError`` here, once, with a message that
-names the object; after each change the object is read back, and a mismatch is
-an error too. rtslib is imported on first use, so this module imports on a
-host without configfs or LIO.
+names the object. After each change the object is read back, and a mismatch
+raises LioError too. rtslib is imported on first use, so this module imports
+on a host without configfs or LIO.
 
 How CHAP is required per initiator (Linux 6.0 and later, read from
 drivers/target/iscsi):
@@ -113,7 +113,7 @@ _BACKSTORE_NAME_RE = re.compile(r"[A-Za-z0-9._+-]{1,128}")
 
 
 def naa_from_unit_serial(unit_serial: str) -> str:
-    """Return the NAA identifier an initiator sees for a LIO LUN with this unit serial.
+    """Return the NAA identifier that a LIO LUN with this unit serial reports in VPD page 0x83.
 
     It is ``6001405`` followed by the first 25 hex digits of the serial, in
     lower case. Like the kernel, this skips every character that is not a hex
@@ -189,20 +189,20 @@ class Chap:
 
 def check_chap(chap: Chap, initiator_iqn: str) -> None:
     """Raise LioError when LIO cannot store these credentials; the message omits the secret."""
-    for what, value in (("user", chap.user), ("secret", chap.password)):
+    for label, value in (("user", chap.user), ("secret", chap.password)):
         if not value:
-            raise LioError(f"CHAP {what} for initiator {initiator_iqn} is empty")
+            raise LioError(f"CHAP {label} for initiator {initiator_iqn} is empty")
         if value != value.strip() or not value.isprintable():
             raise LioError(
-                f"CHAP {what} for initiator {initiator_iqn} has leading or trailing white "
+                f"CHAP {label} for initiator {initiator_iqn} has leading or trailing white "
                 "space or unprintable characters"
             )
         if value == "NULL":
             # configfs reads "NULL" as "no value" for auth attributes.
-            raise LioError(f"CHAP {what} for initiator {initiator_iqn} may not be 'NULL'")
+            raise LioError(f"CHAP {label} for initiator {initiator_iqn} may not be 'NULL'")
         if len(value) > MAX_CHAP_FIELD:
             raise LioError(
-                f"CHAP {what} for initiator {initiator_iqn} is longer than "
+                f"CHAP {label} for initiator {initiator_iqn} is longer than "
                 f"{MAX_CHAP_FIELD} characters"
             )
 
@@ -286,7 +286,7 @@ class TargetInfo:
 
 @dataclass(frozen=True)
 class LioState:
-    """What configfs contains: block backstores by name and iSCSI targets by IQN."""
+    """Contents of configfs: block backstores by name and iSCSI targets by IQN."""
 
     backstores: dict[str, BackstoreInfo] = field(default_factory=dict)
     targets: dict[str, TargetInfo] = field(default_factory=dict)
@@ -299,9 +299,9 @@ def write_private_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically, readable by its owner only (mode 0600).
 
     The data goes to a temporary file in the same folder, which is flushed
-    to disk and renamed over ``path``; the folder is then synced so the rename
-    survives a crash. A failure leaves the old file as it was and removes the
-    temporary one.
+    to disk and renamed over ``path``. The folder is then synced, so the
+    rename survives a crash. A failure leaves the old file as it was and
+    removes the temporary one.
     """
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -670,7 +670,7 @@ class LioAdapter:
                 f"{self.configfs_root} does not exist although target_core_mod is loaded; "
                 "check the kernel log for LIO errors"
             )
-        await self._run("checking rtslib and the iSCSI fabric", self._check_fabric)
+        await self._run("check rtslib and the iSCSI fabric", self._check_fabric)
 
     def _check_fabric(self, fs: _Configfs) -> None:
         # Creating the fabric folder registers the iSCSI fabric with LIO, as
@@ -694,7 +694,7 @@ class LioAdapter:
                 extra={"path": str(self.save_path)},
             )
             return
-        await self._run(f"restoring the LIO configuration from {self.save_path}", self._restore)
+        await self._run(f"restore the LIO configuration from {self.save_path}", self._restore)
 
     def _restore(self, fs: _Configfs) -> None:
         try:
@@ -991,6 +991,7 @@ class LioAdapter:
                 raise LioError(
                     f"initiator {initiator_iqn}: LUN {lun} of target {target_iqn} does not exist"
                 )
+
             acl = fs.acl(tpg, initiator_iqn)
             created_acl = acl is None
             if acl is None:
@@ -1018,6 +1019,7 @@ class LioAdapter:
                             created_mapping.delete()
                         _write_chap(acl, *previous_chap)
                 raise
+
             if chap_changed:
                 log.info(
                     "changed the CHAP settings of initiator %s on target %s",
@@ -1063,6 +1065,7 @@ class LioAdapter:
             acl = fs.acl(tpg, initiator_iqn)
             if acl is None:
                 return
+
             mapped = fs.mapped_lun(acl, lun)
             if mapped is not None:
                 mapped.delete()
@@ -1070,6 +1073,7 @@ class LioAdapter:
             if not list(acl.mapped_luns):
                 acl.delete()
                 acl_removed = True
+
             left = fs.acl(tpg, initiator_iqn)
             if left is not None and (acl_removed or fs.mapped_lun(left, lun) is not None):
                 raise LioError(
@@ -1151,8 +1155,8 @@ def _configure_target(fs: _Configfs, target: Any, desired: list[tuple[str, int]]
         for portal in tpg.network_portals
     }
     to_add, to_remove = plan_portals(current, desired)
-    # Stale portals go first: LIO cannot listen on an address and port that a
-    # wildcard portal on the same port already covers.
+    # Stale portals go first, because Linux refuses to bind an address and
+    # port while a wildcard portal listens on that port (EADDRINUSE).
     for key in to_remove:
         current[key].delete()
     for address, port in to_add:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -56,8 +57,6 @@ def own_names(addresses: list[str]) -> frozenset[str]:
     names.update(a.lower() for a in addresses)
     hostname = socket.gethostname()
     names.add(hostname.lower())
-    try:
+    with contextlib.suppress(OSError):
         names.add(socket.getfqdn().lower())
-    except OSError:
-        pass
     return frozenset(names)

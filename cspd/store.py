@@ -220,7 +220,7 @@ _JSON_COLUMNS = {"iqns", "networks", "wwpns", "nqns", "config"}
 
 
 def _row_to(cls: type[T], row: sqlite3.Row) -> T:
-    values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS else row[k]) for k in row.keys()}
+    values = {k: (json.loads(row[k]) if k in _JSON_COLUMNS else row[k]) for k in row.keys()}  # noqa: SIM118 (iterating a Row yields values)
     return cls(**values)
 
 
@@ -453,7 +453,9 @@ class Store:
         )
 
     async def list_volumes(self) -> list[VolumeRow]:
-        return await self._call(self._query, VolumeRow, "SELECT * FROM volumes ORDER BY created, name")
+        return await self._call(
+            self._query, VolumeRow, "SELECT * FROM volumes ORDER BY created, name"
+        )
 
     async def list_volumes_in_group(self, group_id: str) -> list[VolumeRow]:
         return await self._call(

@@ -52,7 +52,7 @@ def make_self_signed(addresses: list[str]) -> tuple[bytes, bytes]:
     for text in sorted(set(addresses) | {"127.0.0.1", "::1"}):
         names.append(x509.IPAddress(ipaddress.ip_address(text)))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -135,15 +135,16 @@ class Snapshot(msgspec.Struct):
     config: dict[str, Any]
 
 
-class PublishInfo(msgspec.Struct, omit_defaults=True):
+class PublishInfo(msgspec.Struct):
     serial_number: str
     access_protocol: str
     target_names: list[str]
     discovery_ips: list[str]
     lun_id: int
-    chap_user: str = ""
-    chap_password: str = ""
     PeerArrayDetails: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # Present only when the host has CHAP credentials.
+    chap_user: str | msgspec.UnsetType = msgspec.UNSET
+    chap_password: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class VolumeRef(msgspec.Struct):
@@ -219,7 +220,9 @@ def parse_size(value: int | str, field: str = "size") -> int:
     """Return a size in bytes from a JSON number or a numeric string; raises BadRequest."""
     if isinstance(value, str):
         if not re.fullmatch(r"\s*\d+\s*", value):
-            raise BadRequest(f"Invalid value for field '{field}': {value!r} is not a number of bytes.")
+            raise BadRequest(
+                f"Invalid value for field '{field}': {value!r} is not a number of bytes."
+            )
         value = int(value)
     if value <= 0:
         raise BadRequest(f"Invalid value for field '{field}': {value} must be greater than zero.")

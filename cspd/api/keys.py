@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from cspd.provider import Provider
 
 CONFIG = web.AppKey("config", Config)
-PROVIDER: web.AppKey["Provider"] = web.AppKey("provider")
-AUTH: web.AppKey["Authenticator"] = web.AppKey("auth")
+PROVIDER: web.AppKey[Provider] = web.AppKey("provider")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 # Names and addresses of this box, lower case, for the array_ip check.
 OWN_ADDRESSES = web.AppKey("own_addresses", frozenset)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from functools import partial
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from cspd import wire
 from cspd.errors import BadRequest, NotFound

@@ -37,7 +37,9 @@ def _check_name(name: str, what: str) -> None:
     if not name.strip():
         raise BadRequest(f"Missing mandatory field 'name': a {what} needs a non-empty name.")
     if len(name) > MAX_NAME_LENGTH:
-        raise BadRequest(f"Invalid value for field 'name': longer than {MAX_NAME_LENGTH} characters.")
+        raise BadRequest(
+            f"Invalid value for field 'name': longer than {MAX_NAME_LENGTH} characters."
+        )
 
 
 def _target_scope(config: dict[str, Any], default: str = "volume") -> str:
@@ -408,7 +410,7 @@ class VolumeService:
             await self.delete_snapshot_locked(snapshot_id)
 
     async def delete_snapshot_locked(self, snapshot_id: str) -> None:
-        row, lv = await self.backend.require_snapshot(snapshot_id)
+        row, _lv = await self.backend.require_snapshot(snapshot_id)
         await self.check_snapshot_deletable(row)
         await self.lvm.remove(row.lv_name)
         await self.store.delete_snapshot(row.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from cspd.auth import hash_token
@@ -110,8 +111,11 @@ async def test_token_survives_restart(make_api: AppFactory) -> None:
 
 
 async def test_token_stored_only_as_hash(api: Api) -> None:
-    rows = await api.store._call(api.store._db.execute("SELECT * FROM tokens").fetchall)
-    flat = " ".join(str(value) for row in rows for value in tuple(row))
+    conn = sqlite3.connect(api.store.path)
+    rows = conn.execute("SELECT * FROM tokens").fetchall()
+    conn.close()
+    flat = " ".join(str(value) for row in rows for value in row)
+    assert rows
     assert api.token not in flat
 
 

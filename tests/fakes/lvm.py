@@ -1,16 +1,18 @@
 """In-memory stand-in for ``cspd.lvm.LvmAdapter``, for API and provider tests.
 
-``FakeLvm`` has the adapter's public interface and imitates what LVM does
-with a thin pool: sizes round up to whole extents, snapshots share their
-origin's chunks until either side is written, the pool fills as chunks are
-mapped, and duplicate or missing LVs raise ``LvmError`` with the adapter's
-wording. Like LVM, it reports ``data_percent`` 0.0 for an inactive LV.
+``FakeLvm`` has the adapter's public interface and imitates LVM's thin
+pool. Sizes round up to whole extents. Snapshots share their origin's chunks
+until either side is written, and the pool fills as chunks are mapped.
+Duplicate or missing LVs raise ``LvmError`` with the adapter's wording. Like
+LVM, it reports ``data_percent`` 0.0 for an inactive LV.
 
 Test controls: ``fail_next(method)`` makes the next call of that method raise
 before it changes anything, ``write()`` maps chunks as I/O through an
 exported LV would, ``reboot()`` deactivates what autoactivation would skip,
-``vg_present``/``pool_present`` make ``check()`` fail, and ``calls`` records
-every call of the public interface.
+``set_data_percent()`` and ``set_pool_usage()`` set fill levels directly,
+``vg_present``/``pool_present`` make ``check()`` fail, and ``calls`` (method
+names) and ``call_args`` (names with arguments) record every call of the
+public interface.
 """
 
 from __future__ import annotations
@@ -86,10 +88,13 @@ class FakeLvm:
         self.metadata_percent = 10.0
         self.vg_present = True
         self.pool_present = True
-        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self.calls: list[str] = []
+        self.call_args: list[tuple[str, tuple[object, ...]]] = []
         self._clock = clock
         self._lvs: dict[str, _Lv] = {}
         self._refcounts: dict[int, int] = {}
+        # Pool data that belongs to no LV of this fake; see set_pool_usage.
+        self._outside_bytes = 0
         self._chunk_ids = itertools.count(1)
         self._failures: dict[str, list[Exception]] = {}
         self._lock = asyncio.Lock()
@@ -128,16 +133,40 @@ class FakeLvm:
         first = offset // self.chunk_size
         last = (offset + length - 1) // self.chunk_size
         for index in range(first, last + 1):
-            current = lv.chunks.get(index)
-            if current is not None and self._refcounts[current] == 1:
-                continue
-            if self._used_chunks() * self.chunk_size + self.chunk_size > self.pool_size:
-                raise OSError(errno.ENOSPC, f"thin pool {self.vg}/{self.pool} is full")
-            if current is not None:
-                self._release(current)
-            chunk = next(self._chunk_ids)
-            self._refcounts[chunk] = 1
-            lv.chunks[index] = chunk
+            self._map_private(lv, index)
+
+    def set_data_percent(self, name: str, percent: float) -> None:
+        """Map or unmap chunks of ``name`` until ``percent`` of its size is mapped.
+
+        Unlike ``write``, this works on inactive and read-only LVs. The share is
+        exact to one chunk (64 KiB by default). Raises OSError(ENOSPC) when the
+        pool runs out of chunks and LvmError for a missing LV.
+        """
+        lv = self._require(name, f"setting the data of thin LV {self._ref(name)}")
+        if not 0 <= percent <= 100:
+            raise ValueError(f"percent must be between 0 and 100, got {percent}")
+        total = -(-lv.size // self.chunk_size)
+        target_chunks = min(total, round(lv.size * percent / 100 / self.chunk_size))
+        for index in sorted(lv.chunks):
+            if index >= target_chunks:
+                self._release(lv.chunks.pop(index))
+        for index in range(target_chunks):
+            if index not in lv.chunks:
+                self._map_private(lv, index)
+
+    def set_pool_usage(
+        self, *, data_percent: float | None = None, metadata_percent: float | None = None
+    ) -> None:
+        """Make the pool report these fill levels; None leaves a level as it is.
+
+        The data beyond what the fake's own LVs map counts as data of LVs this
+        fake does not list, so later writes raise the level further.
+        """
+        if data_percent is not None:
+            mapped = self._used_chunks() * self.chunk_size
+            self._outside_bytes = max(0, round(self.pool_size * data_percent / 100) - mapped)
+        if metadata_percent is not None:
+            self.metadata_percent = metadata_percent
 
     def reboot(self) -> None:
         """Deactivate and reactivate everything as autoactivation at boot would."""
@@ -178,11 +207,11 @@ class FakeLvm:
         validate_name(name)
         validate_size(size)
         checked_tags = validate_tags(tags)
-        what = f"creating thin LV {self._ref(name)}"
+        operation = f"creating thin LV {self._ref(name)}"
         async with self._lock:
             await asyncio.sleep(0)
-            self._require_pool(what)
-            self._require_absent(name, what)
+            self._require_pool(operation)
+            self._require_absent(name, operation)
             lv = _Lv(
                 name=name,
                 uuid=_lv_uuid(),
@@ -205,14 +234,14 @@ class FakeLvm:
         validate_name(name)
         checked_tags = validate_tags(tags)
         kind = "clone" if writable else "snapshot"
-        what = f"creating thin {kind} {self._ref(name)} of {self._ref(origin)}"
+        operation = f"creating thin {kind} {self._ref(name)} of {self._ref(origin)}"
         async with self._lock:
             await asyncio.sleep(0)
-            self._require_pool(what)
+            self._require_pool(operation)
             source = self._lvs.get(origin)
             if source is None:
-                raise LvmError(f"{what} failed: origin thin LV {self._ref(origin)} not found")
-            self._require_absent(name, what)
+                raise LvmError(f"{operation} failed: origin thin LV {self._ref(origin)} not found")
+            self._require_absent(name, operation)
             for chunk in source.chunks.values():
                 self._refcounts[chunk] += 1
             lv = _Lv(
@@ -234,12 +263,12 @@ class FakeLvm:
         self._enter("extend", (name, size))
         validate_name(name)
         validate_size(size)
-        what = f"extending thin LV {self._ref(name)} to {size} bytes"
+        operation = f"extending thin LV {self._ref(name)} to {size} bytes"
         async with self._lock:
             await asyncio.sleep(0)
-            lv = self._require(name, what)
+            lv = self._require(name, operation)
             if size < lv.size:
-                raise LvmError(f"{what} failed: the LV has {lv.size} bytes and cannot shrink")
+                raise LvmError(f"{operation} failed: the LV has {lv.size} bytes and cannot shrink")
             lv.size = max(lv.size, self._round_up(size))
             return self._thin_lv(lv)
 
@@ -269,7 +298,8 @@ class FakeLvm:
     # Internals
 
     def _enter(self, method: str, args: tuple[object, ...]) -> None:
-        self.calls.append((method, args))
+        self.calls.append(method)
+        self.call_args.append((method, args))
         queued = self._failures.get(method)
         if queued:
             raise queued.pop(0)
@@ -277,24 +307,37 @@ class FakeLvm:
     def _ref(self, name: str) -> str:
         return f"{self.vg}/{name}"
 
-    def _require_pool(self, what: str) -> None:
+    def _require_pool(self, operation: str) -> None:
         if not self.vg_present:
-            raise LvmError(f'{what} failed: Volume group "{self.vg}" not found')
+            raise LvmError(f'{operation} failed: Volume group "{self.vg}" not found')
         if not self.pool_present:
-            raise LvmError(f"{what} failed: thin pool '{self.pool}' not found")
+            raise LvmError(f"{operation} failed: thin pool '{self.pool}' not found")
 
-    def _require(self, name: str, what: str) -> _Lv:
+    def _require(self, name: str, operation: str) -> _Lv:
         lv = self._lvs.get(name)
         if lv is None:
-            raise LvmError(f"{what} failed: thin LV {self._ref(name)} not found")
+            raise LvmError(f"{operation} failed: thin LV {self._ref(name)} not found")
         return lv
 
-    def _require_absent(self, name: str, what: str) -> None:
+    def _require_absent(self, name: str, operation: str) -> None:
         if name in self._lvs or name == self.pool:
-            raise LvmError(f"{what} failed: an LV named {self._ref(name)} already exists")
+            raise LvmError(f"{operation} failed: an LV named {self._ref(name)} already exists")
 
     def _round_up(self, size: int) -> int:
         return -(-size // self.extent_size) * self.extent_size
+
+    def _map_private(self, lv: _Lv, index: int) -> None:
+        """Give chunk ``index`` of ``lv`` a pool chunk of its own (copy on write)."""
+        current = lv.chunks.get(index)
+        if current is not None and self._refcounts[current] == 1:
+            return
+        if self._used_bytes() + self.chunk_size > self.pool_size:
+            raise OSError(errno.ENOSPC, f"thin pool {self.vg}/{self.pool} is full")
+        if current is not None:
+            self._release(current)
+        chunk = next(self._chunk_ids)
+        self._refcounts[chunk] = 1
+        lv.chunks[index] = chunk
 
     def _release(self, chunk: int) -> None:
         self._refcounts[chunk] -= 1
@@ -304,12 +347,15 @@ class FakeLvm:
     def _used_chunks(self) -> int:
         return len(self._refcounts)
 
+    def _used_bytes(self) -> int:
+        return self._used_chunks() * self.chunk_size + self._outside_bytes
+
     def _usage(self) -> PoolUsage:
         if not self.vg_present:
             raise LvmError(f"volume group '{self.vg}' not found")
         if not self.pool_present:
             raise LvmError(f"thin pool '{self.pool}' not found in volume group '{self.vg}'")
-        used = self._used_chunks() * self.chunk_size
+        used = self._used_bytes()
         return PoolUsage(
             size=self.pool_size,
             data_percent=round(used * 100 / self.pool_size, 2),

@@ -324,6 +324,30 @@ def test_portals_default_only_loopback() -> None:
     assert "would use 127.0.0.1" in result.detail
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "iqn.2003-01.org.linux-iscsi.cspd.com.hpe",
+        "iqn.2011-08.org.truenas.ctl",
+        "iqn.2005-10.org.freenas.ctl",
+        "iqn.2007-11.com.nimblestorage",
+        "iqn.2000-05.com.3pardata",
+    ],
+)
+def test_iqn_prefix_accepted(prefix: str) -> None:
+    assert doctor.check_iqn_prefix(prefix).ok
+
+
+def test_iqn_prefix_default_rejected() -> None:
+    result = doctor.check_iqn_prefix("iqn.2003-01.org.linux-iscsi.cspd")
+    assert not result.ok
+    assert "'iqn.2003-01.org.linux-iscsi.cspd.com.hpe'" in result.fix
+
+
+def test_iqn_prefix_vendor_not_last() -> None:
+    assert not doctor.check_iqn_prefix("iqn.2024-01.com.hpe.storage").ok
+
+
 def test_parse_proc_net_tcp_listeners() -> None:
     listeners = doctor.parse_proc_net_tcp(PROC_NET_TCP, ipv6=False)
     assert listeners == [
@@ -505,8 +529,11 @@ class RecordedHost:
 
 def lab_config(extra: str = "") -> Config:
     return parse_config(
-        '[iscsi]\nportals = ["10.0.2.15"]\n[lvm]\npool_devices = ["/dev/disk/by-id/virtio-pool"]\n'
-        + extra
+        "[iscsi]\n"
+        'portals = ["10.0.2.15"]\n'
+        'iqn_prefix = "iqn.2003-01.org.linux-iscsi.cspd.com.hpe"\n'
+        "[lvm]\n"
+        'pool_devices = ["/dev/disk/by-id/virtio-pool"]\n' + extra
     )
 
 
@@ -528,6 +555,7 @@ def test_collect_results_all_pass() -> None:
         "iscsi.portals",
         "api.listen 0.0.0.0",
         "iscsi.portals 10.0.2.15",
+        "iscsi.iqn_prefix",
         "iSCSI port 3260",
         "TLS certificate",
         "state folder /var/lib/cspd",
@@ -618,14 +646,14 @@ def test_format_results_fix_line() -> None:
 
 def test_run_doctor_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert doctor.run_doctor(lab_config(), RecordedHost()) == 0
-    assert capsys.readouterr().out.endswith("15 checks, 0 failed\n")
+    assert capsys.readouterr().out.endswith("16 checks, 0 failed\n")
 
     host = RecordedHost()
     host.stats.clear()
     assert doctor.run_doctor(lab_config(), host) == 1
     output = capsys.readouterr().out
     assert "FAIL  state folder /var/lib/cspd: missing" in output
-    assert output.endswith("15 checks, 1 failed\n")
+    assert output.endswith("16 checks, 1 failed\n")
 
 
 # -- running commands ------------------------------------------------------------

@@ -42,3 +42,7 @@ class GuestCommandError(LabError, subprocess.CalledProcessError):
         if self.stderr:
             parts.append(f"stderr:\n{tail(self.stderr)}")
         return "\n".join(parts)
+
+
+class GuestTimeoutError(LabError):
+    """A command run in the guest did not finish in time."""
