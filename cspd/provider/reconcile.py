@@ -63,10 +63,10 @@ async def reconcile(backend: Backend) -> ReconcileReport:
     published = {a.volume_id for a in access}
     state = await backend.lio.read_state()
     by_id = {v.id: v for v in volumes}
-    exported_backstores = set()
+    exported_backstores: set[str] = set()
     for export in await store.list_exports():
-        volume = by_id.get(export.volume_id)
-        lv_name = volume.lv_name if volume else ""
+        exported = by_id.get(export.volume_id)
+        lv_name = exported.lv_name if exported else ""
         exported_backstores.add(lv_name)
         if export.volume_id not in published:
             # An unpublish stopped after removing the last access record.

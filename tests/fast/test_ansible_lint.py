@@ -61,6 +61,7 @@ def run_tool(argv: list[str], tmp_path: Path, cwd: Path = REPO_ROOT) -> str:
         argv,
         cwd=cwd,
         env=ansible_env(tmp_path),
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=TOOL_TIMEOUT,

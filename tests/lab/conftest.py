@@ -10,7 +10,6 @@ skipped with the reason otherwise.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 

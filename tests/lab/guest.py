@@ -13,6 +13,7 @@ A forwarded connection arrives in the guest at GUEST_ADDRESS, not at loopback.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -232,8 +233,7 @@ class Guest:
         ]
         log.info("booting guest %r under %s (ssh on 127.0.0.1:%d)", name, accel.upper(), ssh_port)
         process = None
-        qemu_log = open(run_dir / "qemu.log", "wb")
-        with qemu_log:
+        with open(run_dir / "qemu.log", "wb") as qemu_log:
             if daemonize:
                 result = subprocess.run([*argv, "-daemonize"], stdin=subprocess.DEVNULL,
                                         stdout=qemu_log, stderr=qemu_log, timeout=120,
@@ -482,15 +482,11 @@ class Guest:
     def kill(self) -> None:
         """Stop QEMU at once: QMP ``quit``, then SIGKILL."""
         if self.is_running():
-            try:
+            with contextlib.suppress(QmpError):
                 qmp_command(self.run_dir / "qmp.sock", "quit", timeout=5)
-            except QmpError:
-                pass
             if not self._wait_exit(10):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(self.info.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self._wait_exit(10)
         self.close_ssh()
 

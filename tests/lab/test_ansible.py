@@ -157,6 +157,7 @@ def run_playbook(inventory: Path, control_dir: Path, playbook: str) -> tuple[str
         [find_ansible_playbook(), "-i", str(inventory), playbook],
         cwd=ANSIBLE_DIR,
         env=env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=PLAYBOOK_TIMEOUT,

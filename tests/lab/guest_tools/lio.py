@@ -41,18 +41,23 @@ def parse_portal(text: str) -> tuple[str, int]:
 
 
 def export(args: argparse.Namespace) -> dict[str, object]:
-    storage = BlockStorageObject(args.name, dev=args.device)
-    target = Target(FabricModule("iscsi"), wwn=args.target)
-    tpg = TPG(target, 1)
-    # Access is by ACL alone, without CHAP.
-    tpg.set_attribute("authentication", "0")
-    for portal in args.portal:
-        address, port = parse_portal(portal)
-        NetworkPortal(tpg, address, port)
-    lun = LUN(tpg, 0, storage)
-    for initiator in args.acl:
-        MappedLUN(NodeACL(tpg, initiator), 0, lun)
-    tpg.enable = True
+    """Create the backstore, target, portal, LUN and ACLs; on failure remove what was made."""
+    try:
+        storage = BlockStorageObject(args.name, dev=args.device)
+        target = Target(FabricModule("iscsi"), wwn=args.target)
+        tpg = TPG(target, 1)
+        # Access is by ACL alone, without CHAP.
+        tpg.set_attribute("authentication", "0")
+        for portal in args.portal:
+            address, port = parse_portal(portal)
+            NetworkPortal(tpg, address, port)
+        lun = LUN(tpg, 0, storage)
+        for initiator in args.acl:
+            MappedLUN(NodeACL(tpg, initiator), 0, lun)
+        tpg.enable = True
+    except (RTSLibError, OSError):
+        remove(args)
+        raise
     return {"serial": storage.wwn, "target": target.wwn}
 
 
@@ -76,9 +81,10 @@ def show(args: argparse.Namespace) -> dict[str, object]:
     for target in root.targets:
         if target.wwn == args.target:
             tpgs = list(target.tpgs)
+            portals = [portal for tpg in tpgs for portal in tpg.network_portals]
             return {
                 "target": target.wwn,
-                "portals": [f"{p.ip_address}:{p.port}" for tpg in tpgs for p in tpg.network_portals],
+                "portals": [f"{portal.ip_address}:{portal.port}" for portal in portals],
                 "acls": [acl.node_wwn for tpg in tpgs for acl in tpg.node_acls],
             }
     return {}
