@@ -3,8 +3,8 @@
 Each published volume gets a dm-linear device of cspd's own, named
 ``cspd-<lv name>``, that maps the whole thin LV one to one. LIO exports that
 device instead of the LV, so a snapshot group can suspend the I/O of every
-member (``dmsetup suspend`` waits for the writes in flight and holds new ones)
-while LVM snapshots the LVs beneath, and resume them all afterwards.
+member (``dmsetup suspend`` waits for the writes in flight and queues new
+ones) while LVM snapshots the LVs beneath, and resume them all afterwards.
 
 cspd's devices carry the device-mapper UUID ``CSPD-<name>``. Listing and
 resuming at start-up select devices by that UUID as well as by name, so LVM's
@@ -41,8 +41,8 @@ MAPPER_DIR = "/dev/mapper"
 # flight, which a healthy disk finishes well within this.
 DEFAULT_TIMEOUT = 20.0
 
-# dmsetup remove fails with "busy" while udev still holds the new or changed
-# device open for a moment; a few short retries cover that.
+# dmsetup remove fails with "busy" while udev still has the new or changed
+# device open for a moment, so a few short retries follow.
 BUSY_RETRIES = 5
 BUSY_DELAY = 0.2
 
@@ -54,8 +54,9 @@ RESUME_ATTEMPTS = 3
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+][A-Za-z0-9._+-]{0,126}$")
 _DEVICE_PATH_RE = re.compile(r"^/dev/[A-Za-z0-9/_.+:@=-]+$")
 
-# dmsetup's wording for a device that does not exist (table, info, suspend,
-# resume: "Device does not exist."; remove: "... failed: No such device or address").
+# dmsetup's messages for a device that does not exist: "... ioctl on NAME
+# failed: No such device or address" (table, suspend, resume, remove) and
+# "Device does not exist." (info NAME).
 _MISSING_RE = re.compile(r"Device does not exist|No such device or address", re.IGNORECASE)
 _BUSY_RE = re.compile(r"Device or resource busy", re.IGNORECASE)
 
@@ -83,7 +84,7 @@ def parse_table(text: str) -> LinearTable | None:
     """Return the linear table that ``dmsetup table`` printed, None for any other table.
 
     dmsetup prints the lower device as ``major:minor`` whatever form the table
-    was loaded with, so the comparison with the wanted table is exact.
+    was loaded with, so the comparison with the expected table is exact.
     """
     lines = [line.split() for line in text.splitlines() if line.strip()]
     if len(lines) != 1:
@@ -101,7 +102,7 @@ def parse_info(text: str) -> list[tuple[str, str, bool]]:
     """Parse ``dmsetup info -c --noheadings --separator '|' -o name,uuid,suspended``.
 
     Returns (name, uuid, suspended) for each device. Raises DmError for a line
-    that has not the three fields.
+    without the three fields.
     """
     devices = []
     for line in text.splitlines():
@@ -147,58 +148,58 @@ class DeviceMapper:
     async def ensure_linear(self, name: str, lower_device: str) -> str:
         """Make ``name`` a linear map of all of ``lower_device``; return its /dev/mapper path.
 
-        A missing device is created; one whose table differs (the lower device
-        grew or is another device) is reloaded, which swaps the table without
-        failing I/O; one that matches is left alone. Raises DmError when the
-        lower device cannot be read, a command fails or the table read back
-        differs from the one wanted.
+        A missing device is created. A device whose table differs, because the
+        lower device grew or is another device, is reloaded: the new table
+        takes over without failing I/O. A matching device is left alone.
+        Raises DmError when the lower device cannot be read, a command fails
+        or the table read back differs from the expected one.
         """
         validate_name(name)
         if not isinstance(lower_device, str) or not _DEVICE_PATH_RE.match(lower_device):
             raise DmError(f"invalid lower device {lower_device!r} for {name}: not a /dev path")
-        what = f"mapping {self.device_path(name)} onto {lower_device}"
-        wanted = await self._linear_table(lower_device, what)
-        current = await self._table(name, what)
+        action = f"mapping {self.device_path(name)} onto {lower_device}"
+        expected = await self._linear_table(lower_device, action)
+        current = await self._table(name, action)
 
         if current is None:
             await self._dmsetup(
-                what, "create", name, "--uuid", UUID_PREFIX + name, "--table", wanted.render()
+                action, "create", name, "--uuid", UUID_PREFIX + name, "--table", expected.render()
             )
             logger.info(
                 "created I/O device %s", name,
-                extra={"device": name, "lower": lower_device, "sectors": wanted.sectors},
+                extra={"device": name, "lower": lower_device, "sectors": expected.sectors},
             )
-        elif current != wanted:
-            await self._dmsetup(what, "reload", name, "--table", wanted.render())
-            await self._dmsetup(what, "resume", name)
+        elif current != expected:
+            await self._dmsetup(action, "reload", name, "--table", expected.render())
+            await self._dmsetup(action, "resume", name)
             logger.info(
                 "reloaded I/O device %s", name,
-                extra={"device": name, "lower": lower_device, "sectors": wanted.sectors,
+                extra={"device": name, "lower": lower_device, "sectors": expected.sectors,
                        "previous_sectors": current.sectors},
             )
         else:
             return self.device_path(name)
 
-        after = await self._table(name, what)
-        if after != wanted:
+        after = await self._table(name, action)
+        if after != expected:
             raise DmError(
-                f"{what} failed: the device's table reads "
+                f"{action} failed: the device's table reads "
                 f"{after.render() if after else 'as missing or not linear'}, "
-                f"not {wanted.render()}"
+                f"not {expected.render()}"
             )
         return self.device_path(name)
 
     async def remove(self, name: str) -> None:
         """Remove device ``name``; one that does not exist is not an error.
 
-        A device that is busy (still open) is retried a few times, since udev
-        holds a device open briefly after each change. Raises DmError when it
+        A device that is busy (still open) is retried a few times, because
+        udev opens a device briefly after each change. Raises DmError when it
         stays busy or the removal fails otherwise.
         """
         validate_name(name)
-        what = f"removing I/O device {name}"
+        action = f"removing I/O device {name}"
         for attempt in range(self.busy_retries + 1):
-            result = await self._dmsetup(what, "remove", name, check=False)
+            result = await self._dmsetup(action, "remove", name, check=False)
             if result.returncode == 0:
                 logger.info("removed I/O device %s", name, extra={"device": name})
                 return
@@ -206,14 +207,14 @@ class DeviceMapper:
                 logger.debug("I/O device %s is already gone", name, extra={"device": name})
                 return
             if not _BUSY_RE.search(result.stderr) or attempt == self.busy_retries:
-                raise DmError(f"{what} failed: {_last_line(result)}")
+                raise DmError(f"{action} failed: {_last_line(result)}")
             await asyncio.sleep(self.busy_delay * (attempt + 1))
 
     async def suspend(self, names: Sequence[str]) -> None:
-        """Suspend each device in turn: writes in flight finish, new I/O is held.
+        """Suspend each device in turn: writes in flight finish, new I/O is queued.
 
         When one fails, the devices this call suspended are resumed again
-        before DmError is raised, so a failed call holds no I/O.
+        before DmError is raised, so a failed call leaves no I/O queued.
         """
         names = _checked(names)
         done: list[str] = []
@@ -242,18 +243,18 @@ class DeviceMapper:
         logger.debug("suspended I/O devices", extra={"devices": ",".join(names)})
 
     async def resume(self, names: Sequence[str]) -> None:
-        """Resume each device; a device that is not suspended is left as it is.
+        """Resume each device; resuming a device that is not suspended changes nothing.
 
         Every device is tried, each up to RESUME_ATTEMPTS times, even when an
-        earlier one fails; a device that no longer exists is skipped with a
+        earlier one fails. A device that no longer exists is skipped with a
         warning. Raises DmError naming every device that stayed suspended.
         """
         names = _checked(names)
         failed: list[str] = []
         for name in names:
-            what = f"resuming I/O device {name}"
+            action = f"resuming I/O device {name}"
             for attempt in range(1, RESUME_ATTEMPTS + 1):
-                result = await self._dmsetup(what, "resume", name, check=False)
+                result = await self._dmsetup(action, "resume", name, check=False)
                 if result.returncode == 0:
                     break
                 if _MISSING_RE.search(result.stderr):
@@ -261,7 +262,7 @@ class DeviceMapper:
                                    extra={"device": name})
                     break
                 logger.warning(
-                    "%s failed (attempt %d of %d): %s", what, attempt, RESUME_ATTEMPTS,
+                    "%s failed (attempt %d of %d): %s", action, attempt, RESUME_ATTEMPTS,
                     _last_line(result), extra={"device": name},
                 )
             else:
@@ -293,14 +294,14 @@ class DeviceMapper:
     async def resume_all_suspended(self, prefix: str = DEVICE_PREFIX) -> list[str]:
         """Resume every suspended device of cspd's under ``prefix``; return their names.
 
-        Meant for start-up: a daemon stopped while it held a snapshot group's
-        I/O leaves the members suspended, and their initiators waiting.
+        Meant for start-up: a daemon stopped while a snapshot group had its
+        members suspended leaves them so, and their initiators waiting.
         Raises DmError naming the devices that could not be resumed.
         """
         names = await self.list_suspended(prefix)
         if names:
             await self.resume(names)
-            logger.warning(
+            logger.info(
                 "resumed %d I/O devices left suspended", len(names),
                 extra={"devices": ",".join(names)},
             )
@@ -308,45 +309,45 @@ class DeviceMapper:
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _linear_table(self, lower_device: str, what: str) -> LinearTable:
-        size = await self._run(what, ["blockdev", "--getsz", lower_device])
-        numbers = await self._run(what, ["stat", "-L", "--format", "%t:%T", lower_device])
+    async def _linear_table(self, lower_device: str, action: str) -> LinearTable:
+        size = await self._run(action, ["blockdev", "--getsz", lower_device])
+        numbers = await self._run(action, ["stat", "-L", "--format", "%t:%T", lower_device])
         try:
             sectors = int(size.stdout.strip())
             major_hex, minor_hex = numbers.stdout.strip().split(":")
             major, minor = int(major_hex, 16), int(minor_hex, 16)
         except ValueError:
             raise DmError(
-                f"{what} failed: unexpected size {size.stdout.strip()!r} or device number "
+                f"{action} failed: unexpected size {size.stdout.strip()!r} or device number "
                 f"{numbers.stdout.strip()!r} of {lower_device}"
             ) from None
         if sectors <= 0:
-            raise DmError(f"{what} failed: {lower_device} has no sectors")
+            raise DmError(f"{action} failed: {lower_device} has no sectors")
         return LinearTable(sectors, major, minor)
 
-    async def _table(self, name: str, what: str) -> LinearTable | None:
+    async def _table(self, name: str, action: str) -> LinearTable | None:
         """Return the device's live table; None when the device does not exist.
 
         Raises DmError when the device exists but is not one linear segment,
-        since such a device was not made by this adapter.
+        because this adapter makes no other kind of device.
         """
-        result = await self._dmsetup(what, "table", name, check=False)
+        result = await self._dmsetup(action, "table", name, check=False)
         if result.returncode != 0:
             if _MISSING_RE.search(result.stderr):
                 return None
-            raise DmError(f"{what} failed: {_last_line(result)}")
+            raise DmError(f"{action} failed: {_last_line(result)}")
         table = parse_table(result.stdout)
         if table is None:
             raise DmError(
-                f"{what} failed: device {name} exists with a table cspd did not make: "
+                f"{action} failed: device {name} exists with a table cspd did not make: "
                 f"{result.stdout.strip()!r}"
             )
         return table
 
-    async def _dmsetup(self, what: str, *args: str, check: bool = True) -> CommandResult:
-        return await self._run(what, ["dmsetup", *args], check=check)
+    async def _dmsetup(self, action: str, *args: str, check: bool = True) -> CommandResult:
+        return await self._run(action, ["dmsetup", *args], check=check)
 
-    async def _run(self, what: str, argv: list[str], *, check: bool = True) -> CommandResult:
+    async def _run(self, action: str, argv: list[str], *, check: bool = True) -> CommandResult:
         try:
             result = await self._runner.run(argv, timeout=self._timeout, check=False)
         except CommandError as err:
@@ -354,9 +355,9 @@ class DeviceMapper:
                 reason = f"{argv[0]} {argv[1]} timed out after {self._timeout:g} s"
             else:
                 reason = err.message
-            raise DmError(f"{what} failed: {reason}") from err
+            raise DmError(f"{action} failed: {reason}") from err
         if check and result.returncode != 0:
-            raise DmError(f"{what} failed: {_last_line(result)}")
+            raise DmError(f"{action} failed: {_last_line(result)}")
         return result
 
 
@@ -369,7 +370,7 @@ def _checked(names: Sequence[str]) -> list[str]:
 
 
 def _last_line(result: CommandResult) -> str:
-    # dmsetup ends most failures with "Command failed."; the line before says why.
+    # dmsetup ends most failures with "Command failed.", after the line with the reason.
     lines = [
         line.strip() for line in result.stderr.splitlines()
         if line.strip() and line.strip() != "Command failed."

@@ -34,6 +34,8 @@ from cspd.errors import CommandError, ConfigError, LvmError
 
 logger = logging.getLogger("cspd.lvm")
 
+SECTOR_SIZE = 512
+
 REPORT_OPTIONS = ("--reportformat", "json", "--units", "b", "--nosuffix", "--binary")
 
 # One field list serves every lvs call, so one parser reads them all. The pool
@@ -235,7 +237,14 @@ class LvmAdapter:
         async with self._lock:
             await self._require_absent(name, operation)
             argv = self._command(
-                "lvcreate", "-V", f"{size}b", "-T", f"{self.vg}/{self.pool}", "-n", name, *tag_args
+                "lvcreate",
+                "-V",
+                _size_arg(size),
+                "-T",
+                f"{self.vg}/{self.pool}",
+                "-n",
+                name,
+                *tag_args,
             )
             await self._create(name, argv, operation)
             lv = await self._read_back(name, operation)
@@ -278,8 +287,6 @@ class LvmAdapter:
             if name in rows:
                 raise LvmError(f"{operation} failed: an LV named {ref} already exists")
 
-            # NOTE: read-only thin snapshots (--permission r) have not been
-            # created on a real pool by this project's tests yet.
             mode_args = () if writable else ("--setactivationskip", "y", "--permission", "r")
             argv = self._command(
                 "lvcreate", "-s", self._ref(origin), "-n", name, *mode_args, *tag_args
@@ -336,7 +343,7 @@ class LvmAdapter:
             if size == current.size:
                 return current
 
-            await self._run(operation, self._command("lvextend", "-L", f"{size}b", ref))
+            await self._run(operation, self._command("lvextend", "-L", _size_arg(size), ref))
             lv = await self._read_back(name, operation)
             if lv.size < size:
                 raise LvmError(f"{operation} failed: LVM reports {lv.size} bytes after lvextend")
@@ -533,6 +540,16 @@ def _tag_args(tags: Sequence[str]) -> list[str]:
     for tag in tags:
         args += ["--addtag", tag]
     return args
+
+
+def _size_arg(size: int) -> str:
+    """Return ``size`` for -L/-V in bytes, rounded up to whole 512-byte sectors.
+
+    lvm2 rejects a byte count that is not a multiple of 512 ("Size is not a
+    multiple of 512", tools/lvmcmdline.c). It rounds up to whole extents
+    anyway, so rounding to sectors first changes no result.
+    """
+    return f"{-(-size // SECTOR_SIZE) * SECTOR_SIZE}b"
 
 
 def _describe(err: CommandError, timeout: float) -> str:

@@ -1,7 +1,7 @@
 """Handlers of the CSP endpoints for volume groups, snapshot groups and replication partners.
 
 Like the other handlers, these decode the request into wire structs, call the
-provider's group service and encode its answer; errors travel as cspd.errors
+provider's group service and encode its result. Errors travel as cspd.errors
 exceptions to the middleware.
 """
 
@@ -84,7 +84,7 @@ async def list_replication_partners(request: web.Request) -> web.Response:
 def add_group_routes(router: web.UrlDispatcher, prefix: str) -> None:
     """Register the group and replication partner handlers under ``prefix``.
 
-    Collections answer with and without a trailing slash, as in add_routes.
+    Collections are served with and without a trailing slash, as in add_routes.
     """
 
     def collection(path: str) -> list[str]:

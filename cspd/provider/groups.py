@@ -6,12 +6,12 @@ A volume group is a record; a volume's membership lives only in its own
 A snapshot group takes one thin snapshot of every member of a volume group at
 one point in time. LVM cannot snapshot several LVs at once, so the point in
 time is made by holding I/O: every published member is exported through a
-dm-linear device of cspd's own (see cspd.dm), and those devices are
-suspended, which finishes the writes in flight and holds new ones, while LVM
-snapshots each LV beneath; then they are all resumed. A write held on one
-member cannot have completed, so no write issued after it on another member
-can be in that member's snapshot either: the snapshots form a consistent
-cut. Unpublished members take no I/O and need no suspend.
+dm-linear device of cspd's own (see cspd.dm). Those devices are suspended,
+which finishes the writes in flight and queues new ones, while LVM snapshots
+each LV beneath, and then they are all resumed. A write queued on one member
+cannot have completed, so no write issued after it on another member can be
+in that member's snapshot either: the snapshots form a consistent cut.
+Unpublished members take no I/O and need no suspend.
 
 Initiators give up on I/O held for long (over a minute was seen to fail), so
 the hold is bounded by ``hold_timeout``: past it, I/O is resumed at once and
@@ -19,9 +19,9 @@ the group is rolled back. I/O is resumed on every path out, also on errors
 and cancellation.
 
 A snapshot group's record is written only after all its member snapshots
-exist, so member snapshots whose group has no record are the remains of a
-create that was interrupted; ``recover`` removes them at start-up, after it
-has resumed any device a stopped daemon left suspended.
+exist, so member snapshots whose group has no record are the remains of an
+interrupted create. ``recover`` removes them at start-up, after it has
+resumed any device a stopped daemon left suspended.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 
@@ -40,23 +40,31 @@ from cspd import wire
 from cspd.config import ReplicationPartnerConfig
 from cspd.dm import DEVICE_PREFIX, DmError
 from cspd.errors import BackendError, BadRequest, Conflict, NotFound
-from cspd.provider.base import Backend, io_device_name, new_id
+from cspd.provider.base import (
+    LV_TAG,
+    Backend,
+    io_device_name,
+    new_id,
+    reported_size,
+    snapshot_lv_name,
+)
 from cspd.provider.volumes import VolumeService, _check_name
 from cspd.store import SnapshotGroupRow, SnapshotRow, VolumeGroupRow, VolumeRow
 
 if TYPE_CHECKING:
     from cspd.dm import DeviceMapper
+    from cspd.lvm import ThinLv
 
 log = logging.getLogger("cspd.provider")
 
 T = TypeVar("T")
 
-# Longest time, in seconds, that a snapshot group may hold the I/O of its
-# members, from the first suspend to the last snapshot. Linux initiators abort
+# Maximum time, in seconds, that a snapshot group may hold the I/O of its
+# members, from the first suspend to the last resume. Linux initiators abort
 # a SCSI command after 30 s by default; this stays well below that.
 DEFAULT_HOLD_TIMEOUT = 15.0
 
-# Seconds a replication partner has to answer the liveness probe.
+# Seconds a replication partner has to respond to the liveness probe.
 DEFAULT_PROBE_TIMEOUT = 2.0
 
 # Namespace of the stable ids of configured replication partners.
@@ -71,10 +79,10 @@ def partner_id(name: str) -> str:
 class GroupService:
     """Volume groups, snapshot groups and replication partners; see the module docstring.
 
-    ``hold_timeout`` bounds how long a snapshot group holds I/O, in seconds;
-    ``probe_timeout`` how long a replication partner has to answer.
-    ``last_hold`` is the I/O hold of the last snapshot group, in seconds, and
-    ``problems`` lists what ``recover`` could not repair.
+    ``hold_timeout`` bounds how long a snapshot group holds I/O and
+    ``probe_timeout`` how long a replication partner has to respond, both in
+    seconds. ``last_hold`` is how long the last snapshot group held I/O, in
+    seconds, and ``problems`` lists what ``recover`` could not repair.
     """
 
     def __init__(
@@ -101,7 +109,7 @@ class GroupService:
     async def list_volume_groups(self, name: str | None = None) -> list[wire.VolumeGroup]:
         """List volume groups; with ``name``, the one group of that name or NotFound.
 
-        A lookup by name answers with a list, as the lookups of volumes and
+        A lookup by name returns a list, as the lookups of volumes and
         snapshots by name do in the HPE CSI driver's client.
         """
         if name is not None:
@@ -134,7 +142,7 @@ class GroupService:
         try:
             await self.store.add_volume_group(row)
         except Conflict:
-            # A concurrent create of the same name won; answer with its group.
+            # A concurrent create of the same name won, so return its group.
             winner = await self.store.get_volume_group_by_name(request.name)
             if winner is None:
                 raise
@@ -234,13 +242,15 @@ class GroupService:
 
         A create with the name of an existing snapshot group of the same
         volume group returns that group. Each member snapshot is an ordinary
-        snapshot named like the group. Raises BadRequest for a missing name or
-        volume group id and for a volume group without volumes, NotFound for
-        an unknown volume group, Conflict when a member already has a snapshot
-        of that name or has no LV, InsufficientSpace when the pool is past its
-        limit, and BackendError when a step fails or the snapshots take longer
-        than ``hold_timeout``; after a failure no member snapshot is left and
-        no I/O is held.
+        snapshot named like the group. After a failure no member snapshot is
+        left and no I/O is held.
+
+        Raises BadRequest for a missing name or volume group id and for a
+        volume group without volumes, and NotFound for an unknown volume
+        group. Raises Conflict when a member already has a snapshot of that
+        name or has no LV, and InsufficientSpace when the pool is past its
+        limit. Raises BackendError when a step fails or the snapshots take
+        longer than ``hold_timeout``.
         """
         _check_name(request.name, "snapshot group")
         if not request.volume_group_id:
@@ -269,42 +279,63 @@ class GroupService:
         self, request: wire.SnapshotGroupCreate, volume_group: VolumeGroupRow,
         members: list[VolumeRow],
     ) -> SnapshotGroupRow:
-        await self._check_members(request.name, volume_group, members)
+        # Everything but the snapshots themselves happens before I/O is held,
+        # because each LVM command under software emulation takes about a
+        # second, and the hold should last no longer than the snapshots.
+        lvs = {lv.name: lv for lv in await self.lvm.list_thin_lvs()}
+        await self._check_members(request.name, volume_group, members, lvs)
         await self.backend.check_capacity("snapshot group create")
+        extent_size = (await self.lvm.pool_usage()).extent_size
         exported = {export.volume_id for export in await self.store.list_exports()}
         devices = [io_device_name(member.lv_name) for member in members if member.id in exported]
 
-        row = SnapshotGroupRow(
+        group = SnapshotGroupRow(
             id=new_id(),
             name=request.name,
             volume_group_id=volume_group.id,
             config=request.config,
             created=int(time.time()),
         )
-        made: list[str] = []
+        snapshots = []
+        for member in members:
+            snapshot_id = new_id()
+            snapshots.append(SnapshotRow(
+                id=snapshot_id,
+                volume_id=member.id,
+                name=request.name,
+                lv_name=snapshot_lv_name(snapshot_id),
+                size=reported_size(member.requested_size, lvs[member.lv_name].size, extent_size),
+                description=f"Member of snapshot group {request.name}",
+                config=request.config,
+                snapshot_group_id=group.id,
+                created=group.created,
+            ))
         try:
-            held = await self._take_snapshots(row, members, devices, request.config, made)
+            for snapshot in snapshots:
+                await self.store.add_snapshot(snapshot)
+            hold_seconds = await self._take_snapshots(group, members, snapshots, devices)
             # The record comes last: a group without one is an unfinished create.
-            await self.store.add_snapshot_group(row)
+            await self.store.add_snapshot_group(group)
         except BaseException:
-            await self._discard(row.id, made, "a failed snapshot group create")
+            await self._discard(group.id, "a failed snapshot group create")
             raise
         log.info(
             "snapshot group created; I/O of %d published members held %.3f s",
-            len(devices), held,
-            extra={"snapshot_group_id": row.id, "snapshot_group_name": row.name,
-                   "volume_group_id": volume_group.id, "snapshots": ",".join(made),
-                   "held_seconds": round(held, 3)},
+            len(devices), hold_seconds,
+            extra={"snapshot_group_id": group.id, "snapshot_group_name": group.name,
+                   "volume_group_id": volume_group.id,
+                   "snapshots": ",".join(snapshot.id for snapshot in snapshots),
+                   "held_seconds": round(hold_seconds, 3)},
         )
-        return row
+        return group
 
     async def _check_members(
-        self, name: str, volume_group: VolumeGroupRow, members: list[VolumeRow]
+        self, name: str, volume_group: VolumeGroupRow, members: list[VolumeRow],
+        lvs: dict[str, ThinLv],
     ) -> None:
         """Check what can be checked before any I/O is held."""
-        lv_names = {lv.name for lv in await self.lvm.list_thin_lvs()}
         for member in members:
-            if member.lv_name not in lv_names:
+            if member.lv_name not in lvs:
                 raise Conflict(
                     f"Volume {member.name} ({member.id}) of volume group {volume_group.name} "
                     "has no LV; restore it or remove the volume from the group."
@@ -314,9 +345,7 @@ class GroupService:
                     await self.store.get_snapshot_group(snapshot.snapshot_group_id) is None
                 ):
                     # Left by an interrupted create of a group of this name.
-                    await self._discard(
-                        snapshot.snapshot_group_id, [], "an unfinished snapshot group"
-                    )
+                    await self._discard(snapshot.snapshot_group_id, "an unfinished snapshot group")
                     if await self.store.get_snapshot(snapshot.id) is None:
                         continue
                 raise Conflict(
@@ -325,18 +354,18 @@ class GroupService:
                 )
 
     async def _take_snapshots(
-        self, row: SnapshotGroupRow, members: list[VolumeRow], devices: list[str],
-        config: dict[str, Any], made: list[str],
+        self, group: SnapshotGroupRow, members: list[VolumeRow], snapshots: list[SnapshotRow],
+        devices: list[str],
     ) -> float:
         """Hold the I/O of ``devices``, snapshot every member, resume; return the hold in s.
 
-        The ids of the snapshots taken are appended to ``made`` as they come,
-        so the caller can roll back after a failure.
+        Raises what the suspend, a snapshot or the resume raised, and
+        BackendError when the snapshots took longer than ``hold_timeout``.
         """
         started = time.monotonic()
         # A failed suspend resumes what it suspended before it raises.
         await self.dm.suspend(devices)
-        work = asyncio.ensure_future(self._snapshot_members(row, members, config, made))
+        work = asyncio.ensure_future(self._snapshot_members(members, snapshots))
         try:
             remaining = started + self.hold_timeout - time.monotonic()
             await asyncio.wait({work}, timeout=max(remaining, 0.0))
@@ -346,15 +375,15 @@ class GroupService:
             # Resuming must not be cut short, not even by a cancellation of
             # this call, which is passed on once I/O flows again.
             resumed, cancelled = await _settle(self.dm.resume(devices))
-            held = time.monotonic() - started
-            self.last_hold = held
+            hold_seconds = time.monotonic() - started
+            self.last_hold = hold_seconds
             log.info(
-                "I/O of snapshot group %s held for %.3f s", row.name, held,
-                extra={"snapshot_group_id": row.id, "devices": ",".join(devices),
-                       "held_seconds": round(held, 3)},
+                "I/O of snapshot group %s held for %.3f s", group.name, hold_seconds,
+                extra={"snapshot_group_id": group.id, "devices": ",".join(devices),
+                       "held_seconds": round(hold_seconds, 3)},
             )
             # A cancelled snapshot step finishes its lvcreate first; wait for
-            # it, so that the caller's rollback sees every snapshot made.
+            # it, so that the caller's rollback finds every snapshot made.
             _, cancelled_again = await _settle(work)
             resume_error = resumed.exception()
             if resume_error is not None:
@@ -365,50 +394,37 @@ class GroupService:
                 raise asyncio.CancelledError
         if work.cancelled():
             raise BackendError(
-                f"snapshot group {row.name} was not taken within {self.hold_timeout:g} s; "
+                f"snapshot group {group.name} was not taken within {self.hold_timeout:g} s; "
                 "I/O was resumed and the member snapshots removed"
             )
         error = work.exception()
         if error is not None:
             raise error
-        return held
+        return hold_seconds
 
     async def _snapshot_members(
-        self, row: SnapshotGroupRow, members: list[VolumeRow], config: dict[str, Any],
-        made: list[str],
+        self, members: list[VolumeRow], snapshots: list[SnapshotRow]
     ) -> None:
-        for member in members:
-            snapshot = await self.volumes.create_snapshot_locked(
-                wire.SnapshotCreate(
-                    name=row.name,
-                    volume_id=member.id,
-                    description=f"Member of snapshot group {row.name}",
-                    config=config,
-                ),
-                row.id,
+        for member, snapshot in zip(members, snapshots, strict=True):
+            await self.lvm.create_snapshot(
+                member.lv_name, snapshot.lv_name, (LV_TAG,), writable=False
             )
-            made.append(snapshot.id)
 
-    async def _discard(self, group_id: str, ids: Iterable[str], why: str) -> None:
+    async def _discard(self, group_id: str, reason: str) -> None:
         """Remove the member snapshots of a group that has no record; log what stays.
 
         Used under the pool lock, where no create is under way, so every
-        snapshot of ``group_id`` belongs to a create that is over.
+        snapshot of ``group_id`` belongs to a create that is over. A member
+        with a clone is kept and listed in ``problems``.
         """
-        rows = {row.id: row for row in await self.store.list_snapshots(snapshot_group_id=group_id)}
-        for snapshot_id in ids:
-            if snapshot_id not in rows:
-                found = await self.store.get_snapshot(snapshot_id)
-                if found is not None:
-                    rows[found.id] = found
-        for snapshot in rows.values():
+        for snapshot in await self.store.list_snapshots(snapshot_group_id=group_id):
             try:
                 await self.volumes.check_snapshot_deletable(snapshot)
                 await self.lvm.remove(snapshot.lv_name)
                 await self.store.delete_snapshot(snapshot.id)
             except Exception as err:
                 message = (
-                    f"snapshot {snapshot.name} ({snapshot.id}) of {why} could not be "
+                    f"snapshot {snapshot.name} ({snapshot.id}) of {reason} could not be "
                     f"removed: {err}"
                 )
                 self.problems.append(message)
@@ -417,7 +433,7 @@ class GroupService:
                 )
             else:
                 log.warning(
-                    "removed snapshot %s of %s", snapshot.id, why,
+                    "removed snapshot %s of %s", snapshot.id, reason,
                     extra={"snapshot_group_id": group_id, "snapshot_id": snapshot.id,
                            "lv": snapshot.lv_name},
                 )
@@ -480,7 +496,7 @@ class GroupService:
         """List the configured replication partners, each probed for liveness.
 
         With ``name``, the one partner of that name or NotFound. A partner is
-        alive when an HTTP GET of its URL gets any HTTP answer within
+        alive when an HTTP GET of its URL gets any HTTP response within
         ``probe_timeout``. The probe carries no credentials, so it does not
         verify the partner's certificate.
         """
@@ -520,9 +536,13 @@ class GroupService:
         a group that never finished get their I/O back. Then the member
         snapshots of every group without a record (an unfinished create) are
         removed, except those with a clone, which are kept and reported. What
-        cannot be repaired is logged and listed in ``problems``; start-up
+        cannot be repaired is logged and listed in ``problems``, and start-up
         goes on, so that volumes outside the failed group stay served.
         """
+        # TODO: a daemon killed (with its children) inside an lvcreate of a
+        # thin snapshot can leave the origin LV suspended by LVM itself. Only
+        # cspd's own devices are resumed here; resuming LVM's would need the
+        # LVM adapter to refresh the origin (lvchange --refresh).
         try:
             resumed = await self.dm.resume_all_suspended(DEVICE_PREFIX)
         except DmError as err:
@@ -544,7 +564,7 @@ class GroupService:
                     "rolling back a snapshot group whose create did not finish",
                     extra={"snapshot_group_id": group_id},
                 )
-                await self._discard(group_id, [], "an unfinished snapshot group")
+                await self._discard(group_id, "an unfinished snapshot group")
 
 
 def _members_by_group(volumes: list[VolumeRow]) -> dict[str, list[VolumeRow]]:
@@ -567,12 +587,12 @@ def _volume_group(row: VolumeGroupRow, members: list[VolumeRow]) -> wire.VolumeG
 
 
 async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
-    """Return True when ``url`` gives any HTTP answer to a GET, False on any failure."""
+    """Return True when a GET of ``url`` gets any HTTP response, False on any failure."""
     try:
         async with session.get(url, ssl=False, allow_redirects=False):
             return True
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
-        log.debug("replication partner does not answer: %s", err, extra={"url": url})
+        log.debug("replication partner did not respond: %s", err, extra={"url": url})
         return False
 
 

@@ -258,7 +258,7 @@ async def test_list_snapshot_groups_needs_volume_group_id(api: Api) -> None:
     assert_error(body, "Bad Request", "volume_group_id")
 
 
-async def test_list_snapshot_groups_of_unknown_volume_group_is_404(api: Api) -> None:
+async def test_snapshot_groups_of_unknown_group_404(api: Api) -> None:
     status, body = await api.call("GET", "/snapshot_groups?volume_group_id=nope")
     assert status == 404
     assert_error(body, "Not Found", "nope")
@@ -385,7 +385,7 @@ async def test_create_snapshot_group_bad_requests(api: Api) -> None:
     assert_error(body, "Bad Request", "no volumes")
 
 
-async def test_member_with_a_snapshot_of_that_name_is_409(api: Api) -> None:
+async def test_snapshot_group_name_taken_409(api: Api) -> None:
     group = await make_group(api, "vg-n")
     volumes = await grouped_volumes(api, group, 2)
     await api.call(
@@ -608,7 +608,7 @@ async def test_delete_unknown_snapshot_group_is_404(api: Api) -> None:
     assert_error(body, "Not Found", "nope")
 
 
-async def test_delete_snapshot_group_with_a_clone_is_409_and_deletes_nothing(api: Api) -> None:
+async def test_delete_cloned_snapshot_group_409(api: Api) -> None:
     _, volumes, made = await make_snapshot_group(api, 3)
     member = made["snapshots"][2]
     await api.call(
@@ -704,7 +704,8 @@ async def test_recover_keeps_and_reports_a_cloned_remain(api: Api) -> None:
     remaining = await api.store.list_snapshots()
     assert [s.id for s in remaining] == [member["id"]]
     problems = groups_of(api).problems
-    assert len(problems) == 1 and member["id"] in problems[0]
+    assert len(problems) == 1
+    assert member["id"] in problems[0]
 
 
 # -- replication partners ---------------------------------------------------------------------
@@ -757,7 +758,7 @@ async def test_replication_partners_are_probed(
 
 
 async def test_slow_partner_is_not_alive(make_api: AppFactory) -> None:
-    # A listener that never answers: the probe gives up after probe_timeout.
+    # A listener that never responds: the probe gives up after probe_timeout.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)

@@ -8,10 +8,10 @@ reloads it when the lower device's size changed, resumes what a failed
 devices with cspd's UUID prefix.
 
 Test controls: ``suspended`` is the set of suspended names, ``events`` the
-ordered (action, name) steps, ``calls`` every call of the public interface,
-``fail_next(method, device=...)`` makes the next call fail (at one device,
-when named), ``add_foreign`` adds a device cspd did not make, and
-``size_of`` decides the size of a lower device.
+ordered (action, name) steps and ``calls`` every call of the public
+interface. ``fail_next(method, device=...)`` makes the next call fail, at
+one device when named. ``add_foreign`` adds a device cspd did not make, and
+``size_of`` returns the size of a lower device in sectors.
 """
 
 from __future__ import annotations
@@ -187,9 +187,9 @@ class FakeDeviceMapper:
         if queued and name is not None and queued[0].device == name:
             raise queued.pop(0).error
 
-    def _require(self, name: str, what: str) -> FakeDevice:
+    def _require(self, name: str, action: str) -> FakeDevice:
         validate_name(name)
         device = self.devices.get(name)
         if device is None:
-            raise DmError(f"{what} failed: Device does not exist.")
+            raise DmError(f"{action} failed: No such device or address")
         return device

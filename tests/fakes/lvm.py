@@ -6,13 +6,16 @@ until either side is written, and the pool fills as chunks are mapped.
 Duplicate or missing LVs raise ``LvmError`` with the adapter's wording. Like
 LVM, it reports ``data_percent`` 0.0 for an inactive LV.
 
-Test controls: ``fail_next(method)`` makes the next call of that method raise
-before it changes anything, ``write()`` maps chunks as I/O through an
-exported LV would, ``reboot()`` deactivates what autoactivation would skip,
-``set_data_percent()`` and ``set_pool_usage()`` set fill levels directly,
-``vg_present``/``pool_present`` make ``check()`` fail, and ``calls`` (method
-names) and ``call_args`` (names with arguments) record every call of the
-public interface.
+Test controls:
+
+* ``fail_next(method)`` makes the next call of that method raise before it
+  changes anything.
+* ``write()`` maps chunks as I/O through an exported LV would.
+* ``set_data_percent()`` and ``set_pool_usage()`` set fill levels directly.
+* ``reboot()`` deactivates what autoactivation would skip.
+* ``vg_present`` and ``pool_present`` make ``check()`` fail.
+* ``calls`` (method names) and ``call_args`` (names with arguments) record
+  every call of the public interface.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Tests of the device-mapper adapter on recorded dmsetup output, and of its stand-in.
 
 The files in data/dm/ were recorded in the lab guest (Debian bookworm,
-dmsetup 1.02.185, Linux 6.1) with ``LC_ALL=C``: the table of a linear device
-of cspd's over a thin LV, dmsetup's errors for a missing, a busy and an
-existing device, and a ``dmsetup info -c`` listing of two cspd devices, one
-suspended, beside LVM's own devices of volume group "cspd". info_none.txt is
-the line dmsetup prints when no device exists at all.
+dmsetup 1.02.185, Linux 6.1) with ``LC_ALL=C``. They hold the table of a
+linear device of cspd's over a thin LV, dmsetup's errors for a missing, a
+busy and an existing device, and a ``dmsetup info -c`` listing of two cspd
+devices, one suspended, beside LVM's own devices of volume group "cspd".
+info_none.txt is the line dmsetup prints when no device exists at all.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def adapter(steps: list[Step]) -> tuple[DeviceMapper, ScriptedRunner]:
 
 SIZE: Step = (("blockdev", "--getsz", LOWER), ok("131072\n"))
 NUMBERS: Step = (("stat", "-L", "--format", "%t:%T", LOWER), ok("fd:4\n"))
-WANTED = "0 131072 linear 253:4 0"
+EXPECTED_TABLE = "0 131072 linear 253:4 0"
 MISSING = failed(recorded("table_missing.stderr"))
 
 
@@ -143,13 +143,13 @@ async def test_ensure_linear_creates_a_missing_device() -> None:
     ])
     assert await dm.ensure_linear(NAME, LOWER) == f"/dev/mapper/{NAME}"
     create = runner.argvs[3]
-    assert create == ["dmsetup", "create", NAME, "--uuid", UUID_PREFIX + NAME, "--table", WANTED]
+    assert create == ["dmsetup", "create", NAME, "--uuid", UUID_PREFIX + NAME, "--table", EXPECTED_TABLE]
     assert runner.timeouts == [7.0] * 5
     assert not runner.steps
 
 
 async def test_ensure_linear_leaves_a_matching_device_alone() -> None:
-    dm, runner = adapter([SIZE, NUMBERS, (("dmsetup", "table", NAME), ok(WANTED + "\n"))])
+    dm, runner = adapter([SIZE, NUMBERS, (("dmsetup", "table", NAME), ok(EXPECTED_TABLE + "\n"))])
     assert await dm.ensure_linear(NAME, LOWER) == f"/dev/mapper/{NAME}"
     assert [argv[1] for argv in runner.argvs] == ["--getsz", "-L", "table"]
 
@@ -158,7 +158,7 @@ async def test_ensure_linear_reloads_after_the_lower_device_grew() -> None:
     grown = "0 262144 linear 253:4 0"
     dm, runner = adapter([
         (("blockdev",), ok("262144\n")), NUMBERS,
-        (("dmsetup", "table", NAME), ok(WANTED)),
+        (("dmsetup", "table", NAME), ok(EXPECTED_TABLE)),
         (("dmsetup", "reload", NAME, "--table", grown), ok()),
         (("dmsetup", "resume", NAME), ok()),
         (("dmsetup", "table", NAME), ok(grown)),
@@ -167,7 +167,7 @@ async def test_ensure_linear_reloads_after_the_lower_device_grew() -> None:
     assert not runner.steps
 
 
-async def test_ensure_linear_fails_when_the_table_does_not_read_back() -> None:
+async def test_ensure_linear_table_mismatch() -> None:
     dm, _ = adapter([
         SIZE, NUMBERS,
         (("dmsetup", "table", NAME), MISSING),
@@ -317,7 +317,7 @@ async def test_resume_retry_succeeds() -> None:
     await dm.resume(["cspd-a"])
 
 
-async def test_a_name_string_is_not_a_list() -> None:
+async def test_suspend_rejects_a_string() -> None:
     dm, _ = adapter([])
     with pytest.raises(DmError, match="sequence of names"):
         await dm.suspend("cspd-a")

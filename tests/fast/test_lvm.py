@@ -5,7 +5,9 @@ The recorded reports in data/lvm/ have the layout lvm2 2.03 prints with
 group "cspd" with 4 MiB extents, thin pool "pool" (10 GiB), a second pool
 "pool2" and a linear LV. Pool "pool" has thin volumes, an active and an
 inactive snapshot of pvc-a, a clone (pvc-b) of the inactive one, and a
-snapshot whose origin was removed.
+snapshot whose origin was removed. lvs_vg_captured.json and lvs_empty.json
+are output of lvm2 2.03.16 (Debian bookworm) in the lab guest, with a 3 GiB
+pool, a volume, an inactive and an active snapshot, a clone and a linear LV.
 """
 
 from __future__ import annotations
@@ -243,9 +245,40 @@ async def test_list_makes_one_lvs_call() -> None:
 
 
 async def test_list_of_empty_volume_group() -> None:
-    adapter, _ = adapter_with([("lvs", ok(lvs_output([])))])
+    adapter, _ = adapter_with([("lvs", ok(recorded("lvs_empty.json")))])
 
     assert await adapter.list_thin_lvs() == []
+
+
+async def test_list_of_captured_report() -> None:
+    adapter, _ = adapter_with([("lvs", ok(recorded("lvs_vg_captured.json")))])
+
+    lvs = {lv.name: lv for lv in await adapter.list_thin_lvs()}
+
+    assert sorted(lvs) == ["cap-a", "cap-c", "cap-s1", "cap-s2"]
+    assert lvs["cap-a"].used_bytes == 8 * MiB
+    assert lvs["cap-c"].origin == "cap-s1"
+    assert lvs["cap-c"].tags == ("cspd.clone", "cspd.volume")
+    assert lvs["cap-s1"].active is False
+    assert lvs["cap-s1"].data_percent == 0.0
+    assert lvs["cap-s2"].activation_skip is True
+    assert lvs["cap-s2"].active is True
+    assert lvs["cap-a"].creation_time == 1796416765
+
+
+async def test_check_of_captured_report() -> None:
+    vgs = recorded("vgs.json")
+    adapter, _ = adapter_with([("vgs", ok(vgs)), ("lvs", ok(recorded("lvs_vg_captured.json")))])
+
+    usage = await adapter.check()
+
+    assert usage == PoolUsage(
+        size=3 * GiB,
+        data_percent=0.26,
+        metadata_size=4 * MiB,
+        metadata_percent=11.23,
+        extent_size=EXTENT,
+    )
 
 
 async def test_parse_active_volume() -> None:
@@ -439,6 +472,17 @@ async def test_create_thin_argv() -> None:
         "lvcreate", "-V", "104857600b", "-T", "cspd/pool", "-n", "pvc-new",
         "--addtag", "cspd.volume",
     ]  # fmt: skip
+
+
+async def test_create_thin_rounds_size_to_sectors() -> None:
+    created = thin_row("pvc-new", 104 * MiB)
+    adapter, runner = adapter_with(
+        [("lvs", ok(recorded("lvs_vg.json"))), ("lvcreate", ok()), ("lvs", ok(rows_with(created)))]
+    )
+
+    await adapter.create_thin("pvc-new", 100 * MiB + 1)
+
+    assert option_value(runner.argvs[1], "-V") == f"{100 * MiB + 512}b"
 
 
 async def test_create_thin_returns_rounded_size() -> None:
@@ -767,6 +811,21 @@ async def test_extend_argv() -> None:
 
     assert runner.argvs[1] == ["lvextend", "-L", "2147483648b", "cspd/pvc-a"]
     assert lv.size == 2 * GiB
+
+
+async def test_extend_rounds_size_to_sectors() -> None:
+    grown = thin_row("pvc-a", 2 * GiB + EXTENT, data_percent="6.25")
+    adapter, runner = adapter_with(
+        [
+            ("lvs", ok(recorded("lvs_vg.json"))),
+            ("lvextend", ok()),
+            ("lvs", ok(rows_with(grown, without=("pvc-a",)))),
+        ]
+    )
+
+    await adapter.extend("pvc-a", 2 * GiB + 7)
+
+    assert option_value(runner.argvs[1], "-L") == f"{2 * GiB + 512}b"
 
 
 async def test_extend_below_current_size_raises() -> None:

@@ -176,8 +176,8 @@ def changed_tasks(output: str) -> list[str]:
     names = []
     task = ""
     for line in output.splitlines():
-        if line.startswith("TASK ["):
-            task = line[len("TASK [") : line.rfind("]")]
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line[line.index("[") + 1 : line.rfind("]")]
         elif line.startswith("changed:"):
             names.append(task)
     return names
