@@ -166,9 +166,13 @@ class LvmAdapter:
         self.pool = config.thin_pool
         self._timeout = config.command_timeout
         self._runner = runner if runner is not None else CommandRunner()
-        self._report_config = build_lvm_config(config.pool_devices, epoch_time=True)
-        self._change_config = build_lvm_config(config.pool_devices, epoch_time=False)
+        self.pool_devices = list(config.pool_devices)
+        self._use_devices(self.pool_devices)
         self._lock = asyncio.Lock()
+
+    def _use_devices(self, devices: Sequence[str]) -> None:
+        self._report_config = build_lvm_config(devices, epoch_time=True)
+        self._change_config = build_lvm_config(devices, epoch_time=False)
 
     def device_path(self, name: str) -> str:
         return f"/dev/{self.vg}/{name}"
@@ -196,7 +200,27 @@ class LvmAdapter:
                 f"LV '{self.pool}' in volume group '{self.vg}' is of type "
                 f"'{pool_row.get('segtype')}', not a thin pool"
             )
+        if not self.pool_devices:
+            await self._find_pool_devices()
         return self._pool_usage(pool_row)
+
+    async def _find_pool_devices(self) -> None:
+        """Limit LVM's device scan to the volume group's physical volumes.
+
+        Without a filter, LVM reads every block device, and a read of a
+        device that a snapshot group holds suspended blocks until it resumes.
+        """
+        rows = await self._report(
+            "pvs", ("pv_name", "vg_name"), "pv", (), f"listing physical volumes of '{self.vg}'"
+        )
+        devices = sorted(row["pv_name"] for row in rows if row.get("vg_name") == self.vg)
+        if devices:
+            self.pool_devices = devices
+            self._use_devices(devices)
+            logger.info(
+                "LVM scans only the volume group's physical volumes",
+                extra={"vg": self.vg, "devices": devices},
+            )
 
     async def pool_usage(self) -> PoolUsage:
         """Return the pool's size and fill; raises LvmError when it is missing or inactive."""

@@ -143,7 +143,9 @@ async def test_ensure_linear_creates_a_missing_device() -> None:
     ])
     assert await dm.ensure_linear(NAME, LOWER) == f"/dev/mapper/{NAME}"
     create = runner.argvs[3]
-    assert create == ["dmsetup", "create", NAME, "--uuid", UUID_PREFIX + NAME, "--table", EXPECTED_TABLE]
+    assert create == [
+        "dmsetup", "create", NAME, "--uuid", UUID_PREFIX + NAME, "--table", EXPECTED_TABLE
+    ]
     assert runner.timeouts == [7.0] * 5
     assert not runner.steps
 
@@ -276,7 +278,7 @@ async def test_failed_suspend_resumes_what_it_suspended() -> None:
         (("dmsetup", "suspend", "cspd-b"), failed(recorded("suspend_missing.stderr"))),
         (("dmsetup", "resume", "cspd-a"), ok()),
     ])
-    with pytest.raises(DmError, match="suspending I/O device cspd-b failed: .*No such device"):
+    with pytest.raises(DmError, match=r"suspending I/O device cspd-b failed: .*No such device"):
         await dm.suspend(["cspd-a", "cspd-b", "cspd-c"])
     assert not runner.steps
 

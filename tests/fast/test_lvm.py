@@ -189,6 +189,7 @@ async def test_every_command_gets_configured_timeout() -> None:
     adapter, runner = adapter_with(
         [("vgs", ok(recorded("vgs.json"))), ("lvs", ok(recorded("lvs_vg.json")))],
         command_timeout=42.5,
+        pool_devices=["/dev/vdb"],
     )
 
     await adapter.check()
@@ -268,7 +269,10 @@ async def test_list_of_captured_report() -> None:
 
 async def test_check_of_captured_report() -> None:
     vgs = recorded("vgs.json")
-    adapter, _ = adapter_with([("vgs", ok(vgs)), ("lvs", ok(recorded("lvs_vg_captured.json")))])
+    adapter, _ = adapter_with(
+        [("vgs", ok(vgs)), ("lvs", ok(recorded("lvs_vg_captured.json"))),
+         ("pvs", ok(recorded("pvs.json")))]
+    )
 
     usage = await adapter.check()
 
@@ -416,12 +420,28 @@ def test_data_percent_after_can_pass_100() -> None:
 
 async def test_check_returns_pool_usage() -> None:
     adapter, _ = adapter_with(
-        [("vgs", ok(recorded("vgs.json"))), ("lvs", ok(recorded("lvs_vg.json")))]
+        [("vgs", ok(recorded("vgs.json"))), ("lvs", ok(recorded("lvs_vg.json")))],
+        pool_devices=["/dev/vdb"],
     )
 
     usage = await adapter.check()
 
     assert usage.size == 10 * GiB
+
+
+async def test_check_limits_scan_to_volume_group_pvs() -> None:
+    adapter, runner = adapter_with(
+        [("vgs", ok(recorded("vgs.json"))), ("lvs", ok(recorded("lvs_vg.json"))),
+         ("pvs", ok(recorded("pvs.json"))), ("lvs", ok(recorded("lvs_vg.json")))]
+    )
+
+    await adapter.check()
+    await adapter.list_thin_lvs()
+
+    assert adapter.pool_devices == ["/dev/vdb"]
+    last = " ".join(runner.argvs[-1])
+    assert "a|^/dev/vdb$|" in last
+    assert "vdc" not in last
 
 
 async def test_check_names_missing_volume_group() -> None:

@@ -62,10 +62,12 @@ dmsetup resume /dev/{lv}
 lvremove --yes {lv}-snap {lv}
 touch /etc/target/.sandbox-probe /var/lib/cspd/.sandbox-probe /etc/lvm/backup/.sandbox-probe
 rm /etc/target/.sandbox-probe /var/lib/cspd/.sandbox-probe /etc/lvm/backup/.sandbox-probe
-# The sandbox is in force: /usr and /etc/cspd are read-only.
+# The sandbox is in force: /usr, /etc/cspd and kernel tunables are read-only.
 for path in /usr/.sandbox-probe /etc/cspd/.sandbox-probe; do
     if touch "$path" 2>/dev/null; then rm -f "$path"; echo "$path is writable"; exit 1; fi
 done
+tunable=/proc/sys/kernel/printk_ratelimit
+if cat "$tunable" 2>/dev/null > "$tunable"; then echo "$tunable is writable"; exit 1; fi
 echo SANDBOX-PROBE-PASSED
 """
 
