@@ -10,6 +10,7 @@ skipped with the reason otherwise.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ def lab() -> Iterator[Lab]:
     """The lab guest: Debian bookworm under QEMU with LVM thin, LIO, open-iscsi and multipath.
 
     Booted once per session (image built or taken from the cache first) and
-    powered off at the end. cspd is not started until a test asks for it.
+    powered off at the end. cspd is not started until a test requests it.
 
     * ``lab.run(cmd, check=True, timeout=120, input=None)``: run a command as
       root in the guest. ``cmd`` is a shell string or an argument list.
@@ -80,7 +81,7 @@ def lab() -> Iterator[Lab]:
         _unavailable(_report.error)
     try:
         instance = Lab.start(f"pytest-{os.getpid()}", daemonize=False)
-    except LabError as err:
+    except (LabError, OSError, subprocess.SubprocessError) as err:
         _report.error = f"the lab guest cannot boot: {err}"
         _unavailable(_report.error)
         raise  # not reached: _unavailable raises

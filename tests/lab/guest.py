@@ -1,9 +1,10 @@
 """Boot, reach and stop one QEMU guest of the lab.
 
-Each guest has a run folder ``<cache>/run/<name>`` with a copy-on-write overlay
-of the cached root image, its own sparse pool disk (/dev/vdb in the guest, kept
-across guest reboots), the serial console log, QEMU's QMP socket and pid file,
-the SSH control socket and ``guest.json`` describing it.
+Each guest has a run folder ``<cache>/run/<name>``. It contains a copy-on-write
+overlay of the cached root image and the guest's own sparse pool disk (/dev/vdb
+in the guest, kept across guest reboots). Beside them are the serial console
+log, QEMU's QMP socket and pid file, the SSH control socket and ``guest.json``,
+which describes the guest.
 
 Networking is QEMU user-mode networking with ``restrict=on``: the guest reaches
 nothing outside, and the host reaches the guest's SSH (22), HTTPS API (8443)
@@ -22,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,10 +53,13 @@ DEFAULT_COMMAND_TIMEOUT = 120.0
 STALE_RUN_DIR_SECONDS = 3600.0
 
 # Releases what would make systemd wait at power-off: the daemon, the guest's
-# own iSCSI sessions and multipath maps, LIO exports holding LVs open (live
+# own multipath maps and iSCSI sessions, LIO exports holding LVs open (live
 # configuration only: saved configurations stay on disk) and the pool's LVs.
+# Maps are flushed before the logout too, because a map that loses its last
+# path queues I/O (queue_if_no_path).
 RELEASE_STORAGE_SCRIPT = """
 systemctl stop cspd.service 2>/dev/null
+multipath -F >/dev/null 2>&1
 iscsiadm -m node --logoutall=all >/dev/null 2>&1
 multipath -F >/dev/null 2>&1
 if [ -d /sys/kernel/config/target/core ]; then
@@ -147,6 +152,7 @@ class Guest:
         self.image = image
         self.ssh_key = ssh_key_path
         self._process = process
+        self._master_lock = threading.Lock()
 
     # -- starting and finding guests --
 
@@ -316,12 +322,14 @@ class Guest:
 
     def _ensure_master(self) -> None:
         """Start the shared SSH connection that later commands reuse, if it is not up."""
-        if self._master_alive():
-            return
-        Path(self._control_path).unlink(missing_ok=True)
-        with open(self.run_dir / "ssh-master.log", "ab") as errors:
-            subprocess.run(self.ssh_argv(master=True), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=errors, timeout=60, check=False)
+        with self._master_lock:  # tests may run guest commands from several threads
+            if self._master_alive():
+                return
+            Path(self._control_path).unlink(missing_ok=True)
+            with open(self.run_dir / "ssh-master.log", "ab") as errors:
+                subprocess.run(self.ssh_argv(master=True), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=errors, timeout=60,
+                               check=False)
 
     def close_ssh(self) -> None:
         """Stop the shared SSH connection."""
@@ -374,7 +382,7 @@ class Guest:
     # -- lifecycle --
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait until SSH answers and systemd has finished starting the guest.
+        """Wait until SSH accepts the lab's key and systemd has finished starting the guest.
 
         Raises LabError, quoting the console, when QEMU exits or ``timeout``
         passes first, or when the lab's pool unit failed.
@@ -429,7 +437,7 @@ class Guest:
             self.run("systemctl reboot --no-block", check=False, timeout=30)
         self.close_ssh()
         deadline = time.monotonic() + timeout
-        # Until systemd has stopped sshd, the old boot may still answer.
+        # Until systemd has stopped sshd, the old boot may still accept logins.
         while self._current_boot_id() in (previous, None):
             if time.monotonic() >= deadline or not self.is_running():
                 raise LabError(f"the guest did not come back within {timeout:.0f} s of a reboot\n"
@@ -438,7 +446,7 @@ class Guest:
         self.wait_ready(max(deadline - time.monotonic(), 60.0))
 
     def _current_boot_id(self) -> str | None:
-        """Return the guest's boot id over a fresh SSH connection, None when it does not answer."""
+        """Return the guest's boot id over a fresh SSH connection, None when the login fails."""
         try:
             result = subprocess.run(
                 [*self.ssh_argv(), "--", "cat /proc/sys/kernel/random/boot_id"],

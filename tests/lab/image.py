@@ -350,7 +350,7 @@ def _export(root: Path, work: Path) -> None:
 
 def prune_images(cache: Path, keep: Image) -> None:
     """Delete cached images other than ``keep`` that no running guest boots from."""
-    from .guest import images_in_use  # the runner knows which guests are alive
+    from .guest import images_in_use  # guest.py records which guests are running
 
     in_use = images_in_use(cache)
     for directory in sorted((cache / "images").glob("*")):

@@ -191,33 +191,34 @@ def pair(lab_cspd: Lab) -> Iterator[Pair]:
     lab.run(["mkdir", "-p", WORK_DIR])
     lab.put_file(WRITER, WRITER_SCRIPT, 0o755)
     lab.put_file(CHECKER, CHECKER_SCRIPT, 0o755)
+
     csp = Csp(lab.api_url, lab.username, lab.password)
     _, group = csp.call("POST", "/volume_groups", {"name": GROUP_NAME}, expect=200)
     csp.call("POST", "/hosts", {"uuid": HOST_UUID, "name": "lab-guest",
                                 "iqns": [lab.initiator_name]}, expect=200)
-    volumes: list[dict[str, Any]] = []
-    targets: list[str] = []
-    disks: list[str] = []
+    made = Pair(csp, group, volumes=[], targets=[], disks=[])
     try:
         for index in range(2):
             _, volume = csp.call("POST", "/volumes", {
                 "name": f"{GROUP_NAME}-{index}", "size": VOLUME_SIZE,
                 "volume_group_id": group["id"],
             }, expect=200)
-            volumes.append(volume)
+            made.volumes.append(volume)
             _, info = csp.call("PUT", f"/volumes/{volume['id']}/actions/publish",
                                {"host_uuid": HOST_UUID, "access_protocol": "iscsi"}, expect=200)
             target = info["target_names"][0]
             lab.run(["iscsiadm", "-m", "discovery", "-t", "st", "-p", PORTAL], timeout=120)
             lab.run(["iscsiadm", "-m", "node", "-T", target, "-p", PORTAL, "--login"],
                     timeout=120)
-            targets.append(target)
-            disks.append(guest_disk(lab, info["serial_number"]))
-        yield Pair(csp, group, volumes, targets, disks)
+            made.targets.append(target)
+            made.disks.append(guest_disk(lab, info["serial_number"]))
+        yield made
     finally:
-        for target, disk in zip(targets, disks, strict=False):
+        # A test may have restarted the daemon and logged in again.
+        csp = made.csp
+        for target, disk in zip(made.targets, made.disks, strict=False):
             logout(lab, target, disk)
-        for volume in volumes:
+        for volume in made.volumes:
             csp.call("PUT", f"/volumes/{volume['id']}/actions/unpublish",
                      {"host_uuid": HOST_UUID})
             for snapshot in csp.call("GET", f"/snapshots?volume_id={volume['id']}")[1] or []:
