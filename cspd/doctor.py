@@ -49,9 +49,10 @@ TCP_LISTEN_STATE = "0A"
 COMMAND_TIMEOUT = 10.0
 
 # The HPE CSI node plugin logs in only to targets whose IQN matches
-# "iqn.*(VENDOR):.*" for one of these strings (targetVendorPatterns in
-# hpe-storage/common-host-libs linux/iscsi.go; "com.hpe" was added in 2024).
-# A target IQN is "<iscsi.iqn_prefix>:<name>", so the prefix must end with one.
+# "iqn.*(VENDOR):.*" for one of these strings. They are targetVendorPatterns in
+# linux/iscsi.go of hpe-storage/common-host-libs, where "com.hpe" came last, in
+# 2024. A target IQN is "<iscsi.iqn_prefix>:<name>", so the prefix must end
+# with one of them.
 NODE_PLUGIN_VENDOR_STRINGS = (
     "com.nimblestorage",
     "com.3pardata",
@@ -88,12 +89,12 @@ def parse_proc_modules(text: str) -> set[str]:
 
 
 def check_kernel_module(name: str, loaded: set[str], loadable: bool) -> CheckResult:
-    """Pass when the module is loaded, or when modprobe can load it on demand."""
+    """Pass when the module is loaded, or when modprobe finds it (loadable or built in)."""
     check = f"kernel module {name}"
     if name in loaded:
         return passed(check, "loaded")
     if loadable:
-        return passed(check, "not loaded, but modprobe can load it")
+        return passed(check, "not loaded as a module, and modprobe finds it (loadable or built in)")
     return failed(
         check,
         "not loaded, and modprobe cannot find it",

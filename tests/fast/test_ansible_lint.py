@@ -117,6 +117,16 @@ def test_ansible_lint_passes(tmp_path: Path) -> None:
     assert "Passed" in output
 
 
+def test_unit_source_default_exists() -> None:
+    defaults = (ARRAY_ROLE / "defaults/main.yml").read_text()
+    line = next(line for line in defaults.splitlines() if line.startswith("cspd_array_unit_src:"))
+    value = line.split(":", 1)[1].strip().strip('"')
+    assert value.startswith("{{ role_path }}/")
+    unit = Path(value.replace("{{ role_path }}", str(ARRAY_ROLE)))
+    assert unit.resolve() == REPO_ROOT / "systemd" / "cspd.service"
+    assert unit.is_file()
+
+
 @pytest.mark.parametrize("playbook", ["site.yml", "node.yml"])
 def test_playbook_syntax(playbook: str, tmp_path: Path) -> None:
     run_tool(

@@ -119,6 +119,8 @@ def inventory(lab: Lab, control_dir: Path) -> Path:
     config = tomllib.loads(lab.run(["cat", lab.config_path]).stdout)
     wheel_dir = control_dir / "wheels"
     build_cspd_wheel(REPO_ROOT, wheel_dir)
+    unit_copy = control_dir / "cspd.service"
+    shutil.copyfile(REPO_ROOT / "systemd" / "cspd.service", unit_copy)
 
     host_vars: dict[str, Any] = {
         **ssh_settings(lab),
@@ -126,6 +128,9 @@ def inventory(lab: Lab, control_dir: Path) -> Path:
         **lab_config_variables(config),
         "cspd_array_user_name": "ansible-admin",
         "cspd_array_user_password": secrets.token_urlsafe(18),
+        # A copy of the unit as the test starts: edits to the working tree
+        # during the test must not show up as a change on the second run.
+        "cspd_array_unit_src": str(unit_copy),
         "cspd_array_wheel_dir": str(wheel_dir),
         "cspd_array_wheel_cache": GUEST_WHEELHOUSE,
         # The guest has no network: every package must already be there.
