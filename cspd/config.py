@@ -52,7 +52,9 @@ class LvmConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class IscsiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    iqn_prefix: str = "iqn.2003-01.org.linux-iscsi.cspd"
+    # The stock HPE CSI node plugin logs in only to targets whose name has one
+    # of its vendor strings (com.hpe among them) right before the colon.
+    iqn_prefix: str = "iqn.2003-01.org.linux-iscsi.cspd.com.hpe"
     portals: list[str] = msgspec.field(default_factory=list)
     port: int = 3260
 

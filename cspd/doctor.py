@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cspd.command import CommandRunner
 from cspd.config import Config
 from cspd.errors import CommandError
+from cspd.lvm import build_lvm_config
 from cspd.netinfo import default_portals, parse_ip_addr_json
 
 log = logging.getLogger("cspd.doctor")
@@ -610,6 +611,11 @@ def _lvm_results(config: Config, host: Host) -> list[CheckResult]:
     lvm = config.lvm
     vg, pool = lvm.volume_group, lvm.thin_pool
     report_options = ["--reportformat", "json", "--units", "b", "--nosuffix"]
+    # The daemon's device filter: a scan of every device could block on one
+    # that a snapshot group holds suspended.
+    lvm_config = build_lvm_config(lvm.pool_devices, epoch_time=False)
+    if lvm_config:
+        report_options += ["--config", lvm_config]
     install_fix = "install lvm2 ('apt-get install lvm2') and run the doctor as root"
     vgs = ["vgs", *report_options, "-o", "vg_name,vg_size,vg_free"]
     try:

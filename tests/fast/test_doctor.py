@@ -338,7 +338,7 @@ def test_iqn_prefix_accepted(prefix: str) -> None:
     assert doctor.check_iqn_prefix(prefix).ok
 
 
-def test_iqn_prefix_default_rejected() -> None:
+def test_iqn_prefix_without_vendor_rejected() -> None:
     result = doctor.check_iqn_prefix("iqn.2003-01.org.linux-iscsi.cspd")
     assert not result.ok
     assert "'iqn.2003-01.org.linux-iscsi.cspd.com.hpe'" in result.fix
@@ -567,8 +567,20 @@ def test_collect_results_lvm_commands_use_json() -> None:
     doctor.collect_results(lab_config(), host)
     lvm_commands = [argv for argv in host.commands if argv[0] in ("vgs", "lvs", "pvs")]
     assert len(lvm_commands) == 3
+    device_filter = 'devices { global_filter = [ "a|^/dev/disk/by-id/virtio-pool$|", "r|.*|" ] }'
     for argv in lvm_commands:
         assert argv[1:5] == ["--reportformat", "json", "--units", "b"]
+        assert argv[argv.index("--config") + 1] == device_filter
+
+
+def test_collect_results_lvm_without_filter() -> None:
+    host = RecordedHost()
+    config = parse_config('[iscsi]\nportals = ["10.0.2.15"]\n')
+    doctor.collect_results(config, host)
+    lvm_commands = [argv for argv in host.commands if argv[0] in ("vgs", "lvs")]
+    assert len(lvm_commands) == 2
+    for argv in lvm_commands:
+        assert "--config" not in argv
 
 
 def test_collect_results_missing_volume_group_stops_lvm_checks() -> None:

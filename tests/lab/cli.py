@@ -115,7 +115,8 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         return 1
     argv = lab.guest.ssh_argv()
     if args.command:
-        argv += ["--", shlex.join(args.command)]
+        # Like ssh itself: the words are joined with spaces for the guest's shell.
+        argv += ["--", " ".join(args.command)]
     elif sys.stdin.isatty():
         argv.insert(1, "-t")
     os.execvp(argv[0], argv)

@@ -53,12 +53,14 @@ def test_thin_pool_on_second_disk(lab: Lab) -> None:
     assert physical == ["/dev/vdb", VOLUME_GROUP]
 
 
-def test_reboot_keeps_pool_data(lab: Lab) -> None:
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_reboot_keeps_pool_data(lab: Lab, hard: bool) -> None:
     initiator = lab.initiator_name
     with thin_lv(lab, "16M") as device:
+        # Synchronous direct I/O: the data is on the pool disk before the reset.
         lab.run(f"printf 'kept across reboot' | dd of={device} oflag=direct,sync "
                 "bs=512 conv=sync status=none")
-        lab.reboot()
+        lab.reboot(hard=hard)
         lab.run(["lvchange", "--activate", "y", device.removeprefix("/dev/")])
         marker = lab.run(f"dd if={device} bs=512 count=1 iflag=direct status=none "
                          "| tr -d '\\0'").stdout
