@@ -99,7 +99,8 @@ def libiscsi(
     auth = f"{creds}@" if creds else ""
     url = f"iscsi://{auth}127.0.0.1:{lab.iscsi_port}/{info['target_names'][0]}/{info['lun_id']}"
     return subprocess.run(
-        [tool, "-i", initiator, *(extra or []), url], capture_output=True, text=True, timeout=60, check=False
+        [tool, "-i", initiator, *(extra or []), url],
+        capture_output=True, text=True, timeout=60, check=False,
     )
 
 
@@ -262,6 +263,14 @@ def test_reboot_restores_exports(lab_cspd: Lab, csp: CspClient) -> None:
 
     status = lab_cspd.run("systemctl is-active cspd.service").stdout.strip()
     assert status == "active"
+    # Ready (and so "Started" for a Type=notify unit) only after LIO came back.
+    journal = lab_cspd.journal().splitlines()
+    restored = next(i for i, line in enumerate(journal) if "restored " in line
+                    and "storage objects" in line)
+    ready = next(i for i, line in enumerate(journal) if "cspd is ready" in line)
+    started = next(i for i, line in enumerate(journal) if "Started cspd" in line)
+    assert restored < ready < started
+    assert "storage objects and 0 targets" not in journal[restored]
     assert csp.publish(volume["id"], "guest") == info
     assert csp.publish(grouped["id"], "guest") == group_info
     device = login(lab_cspd, info)
