@@ -126,6 +126,9 @@ class LvmBackend(Protocol):
     async def create_snapshot(
         self, origin: str, name: str, tags: Sequence[str] = (), *, writable: bool
     ) -> ThinLv: ...
+    async def create_snapshots(
+        self, pairs: Sequence[tuple[str, str]], tags: Sequence[str] = ()
+    ) -> list[ThinLv]: ...
     async def extend(self, name: str, size: int) -> ThinLv: ...
     async def activate(self, name: str) -> None: ...
     async def remove(self, name: str) -> None: ...
@@ -342,6 +345,61 @@ class LvmAdapter:
             extra={"vg": self.vg, "lv": name, "origin": origin, "size_bytes": lv.size},
         )
         return lv
+
+    async def create_snapshots(
+        self, pairs: Sequence[tuple[str, str]], tags: Sequence[str] = ()
+    ) -> list[ThinLv]:
+        """Create read-only thin snapshots of several origins, as (origin, name) pairs.
+
+        One ``lvs`` before and one after serve every snapshot, so a caller
+        that holds I/O while this runs holds it for little more than the
+        ``lvcreate`` calls. On any failure every snapshot this call made is
+        removed before LvmError is raised.
+        """
+        for origin, name in pairs:
+            validate_name(origin)
+            validate_name(name)
+        tag_args = _tag_args(validate_tags(tags))
+        names = ", ".join(name for _, name in pairs)
+        operation = f"creating thin snapshots {names} in {self.vg}"
+        made: list[str] = []
+        async with self._lock:
+            rows = await self._rows_by_name(operation)
+            for origin, name in pairs:
+                origin_row = rows.get(origin)
+                if origin_row is None or not self._is_our_thin_lv(origin_row):
+                    raise LvmError(
+                        f"{operation} failed: origin thin LV {self._ref(origin)} not found"
+                    )
+                if name in rows:
+                    raise LvmError(f"{operation} failed: an LV named {self._ref(name)} exists")
+            try:
+                for origin, name in pairs:
+                    argv = self._command(
+                        "lvcreate", "-s", self._ref(origin), "-n", name,
+                        "--setactivationskip", "y", "--permission", "r", *tag_args,
+                    )
+                    await self._create(name, argv, operation)
+                    made.append(name)
+                rows = await self._rows_by_name(operation)
+                created = []
+                for origin, name in pairs:
+                    row = rows.get(name)
+                    if row is None:
+                        raise LvmError(f"{operation} failed: {self._ref(name)} is missing")
+                    lv = _thin_lv(row)
+                    problem = _snapshot_mismatch(lv, origin, False)
+                    if problem:
+                        raise LvmError(f"{operation} failed: {problem}")
+                    created.append(lv)
+            except BaseException:
+                for name in reversed(made):
+                    await self._remove_after_failure(name, operation)
+                raise
+        logger.info(
+            "created thin snapshots %s", names, extra={"vg": self.vg, "count": len(created)}
+        )
+        return created
 
     async def extend(self, name: str, size: int) -> ThinLv:
         """Grow thin LV ``name`` to at least ``size`` bytes and return it.

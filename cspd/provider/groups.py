@@ -405,10 +405,11 @@ class GroupService:
     async def _snapshot_members(
         self, members: list[VolumeRow], snapshots: list[SnapshotRow]
     ) -> None:
-        for member, snapshot in zip(members, snapshots, strict=True):
-            await self.lvm.create_snapshot(
-                member.lv_name, snapshot.lv_name, (LV_TAG,), writable=False
-            )
+        pairs = [
+            (member.lv_name, snapshot.lv_name)
+            for member, snapshot in zip(members, snapshots, strict=True)
+        ]
+        await self.lvm.create_snapshots(pairs, (LV_TAG,))
 
     async def _discard(self, group_id: str, reason: str) -> None:
         """Remove the member snapshots of a group that has no record; log what stays.

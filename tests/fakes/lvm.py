@@ -262,6 +262,20 @@ class FakeLvm:
             self._lvs[name] = lv
             return self._thin_lv(lv)
 
+    async def create_snapshots(
+        self, pairs: Sequence[tuple[str, str]], tags: Sequence[str] = ()
+    ) -> list[ThinLv]:
+        """Create read-only snapshots one by one; remove those made when one fails."""
+        made: list[ThinLv] = []
+        try:
+            for origin, name in pairs:
+                made.append(await self.create_snapshot(origin, name, tags, writable=False))
+        except BaseException:
+            for lv in reversed(made):
+                await self.remove(lv.name)
+            raise
+        return made
+
     async def extend(self, name: str, size: int) -> ThinLv:
         self._enter("extend", (name, size))
         validate_name(name)

@@ -677,6 +677,54 @@ async def test_snapshot_argv_and_no_activation() -> None:
     assert lv.active is False
 
 
+async def test_snapshots_batch_checks_once() -> None:
+    snaps = [
+        thin_row(f"snap-{origin}", 1 * GiB, origin=origin, lv_active_locally="0",
+                 lv_skip_activation="1", data_percent="")
+        for origin in ("pvc-a", "pvc-c")
+    ]
+    adapter, runner = adapter_with(
+        [
+            ("lvs", ok(recorded("lvs_vg.json"))),
+            ("lvcreate", ok()),
+            ("lvcreate", ok()),
+            ("lvs", ok(rows_with(*snaps))),
+        ]
+    )
+
+    lvs = await adapter.create_snapshots([("pvc-a", "snap-pvc-a"), ("pvc-c", "snap-pvc-c")])
+
+    assert runner.programs() == ["lvs", "lvcreate", "lvcreate", "lvs"]
+    assert [lv.origin for lv in lvs] == ["pvc-a", "pvc-c"]
+    assert "--permission" in runner.argvs[2]
+
+
+async def test_snapshots_batch_failure_removes_made() -> None:
+    adapter, runner = adapter_with(
+        [
+            ("lvs", ok(recorded("lvs_vg.json"))),
+            ("lvcreate", ok()),
+            ("lvcreate", failed("device busy")),
+            ("lvs", ok(recorded("lvs_vg.json"))),
+            ("lvremove", ok()),
+        ]
+    )
+
+    with pytest.raises(LvmError):
+        await adapter.create_snapshots([("pvc-a", "snap-x"), ("pvc-c", "snap-y")])
+
+    assert runner.argvs[-1] == ["lvremove", "-y", "cspd/snap-x"]
+
+
+async def test_snapshots_batch_missing_origin_makes_nothing() -> None:
+    adapter, runner = adapter_with([("lvs", ok(recorded("lvs_vg.json")))])
+
+    with pytest.raises(LvmError):
+        await adapter.create_snapshots([("pvc-a", "snap-x"), ("pvc-zz", "snap-y")])
+
+    assert "lvcreate" not in runner.programs()
+
+
 async def test_snapshot_missing_origin_raises() -> None:
     adapter, runner = adapter_with([("lvs", ok(recorded("lvs_vg.json")))])
 
