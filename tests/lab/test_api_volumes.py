@@ -51,7 +51,7 @@ def test_volume_lifecycle(lab_cspd: Lab, csp: CspClient) -> None:
     ).stdout
     assert f"vol-{volume['id']}" in lvs
 
-    # Retried create: same answer, no second LV.
+    # A retried create returns the same volume and makes no second LV.
     again = csp.create_volume(name, ODD_SIZE)
     assert again["id"] == volume["id"]
     assert again["size"] == ODD_SIZE
