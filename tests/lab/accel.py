@@ -1,8 +1,8 @@
 """Choose QEMU's accelerator: KVM when it demonstrably works, else TCG (software emulation).
 
 On some hosts /dev/kvm exists but a guest under KVM hangs at boot, so KVM is
-used only after a probe boots the guest kernel under it and sees it reach a
-kernel panic (the probe gives no root file system) within PROBE_TIMEOUT. The
+used only after a probe boots the guest kernel under it and the kernel reaches
+its panic (the probe gives it no root file system) within PROBE_TIMEOUT. The
 outcome is cached per host kernel, QEMU version and guest kernel. Setting
 CSPD_LAB_ACCEL to "tcg" or "kvm" skips the probe.
 """

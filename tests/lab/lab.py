@@ -68,7 +68,7 @@ class Lab:
     Attributes and methods:
 
     * ``run(cmd, check=True, timeout=120, input=None)``: run a shell command
-      (a string) or an argument list as root in the guest; returns a
+      (a string) or an argument list as root in the guest. Returns a
       subprocess.CompletedProcess with ``returncode``, ``stdout`` and
       ``stderr`` as text. Raises GuestCommandError (a CalledProcessError) on a
       non-zero status when ``check`` is true, GuestTimeoutError on time-out.
