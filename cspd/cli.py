@@ -152,7 +152,7 @@ async def _serve(config: Config) -> int:
     dm = DeviceMapper(runner)
     app = make_app(
         config, lvm=lvm, lio=lio, dm=dm, addresses=addresses, portals=portals,
-        own_names=own_names(addresses),
+        own_names=own_names(addresses, config.api.array_names),
     )
 
     ssl_context = None

@@ -31,6 +31,10 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tls_key: str = ""
     plain_http: bool = False
     max_body_bytes: int = 1024 * 1024
+    # Further names of this box that clients may send as array_ip, such as
+    # the DNS name in the CSI driver's Secret; its own host name and
+    # addresses are always accepted.
+    array_names: list[str] = msgspec.field(default_factory=list)
 
 
 class StateConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -132,6 +136,9 @@ def validate(config: Config) -> Config:
     _check_address("api.listen", api.listen)
     if bool(api.tls_cert) != bool(api.tls_key):
         raise ConfigError("keys 'api.tls_cert' and 'api.tls_key' must be set together")
+    for name in api.array_names:
+        if not name.strip() or any(c.isspace() for c in name):
+            raise ConfigError(f"key 'api.array_names': {name!r} is not a host name or address")
     if api.max_body_bytes < 4096:
         raise ConfigError(f"key 'api.max_body_bytes': {api.max_body_bytes} is below 4096")
 

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import socket
+from collections.abc import Sequence
 
 from cspd.command import CommandRunner
 from cspd.errors import CommandError
@@ -51,10 +52,14 @@ def default_portals(addresses: list[str]) -> list[str]:
     return portals or ["127.0.0.1"]
 
 
-def own_names(addresses: list[str]) -> frozenset[str]:
-    """Return the lower-case names and addresses that ``array_ip`` may carry."""
+def own_names(addresses: list[str], extra: Sequence[str] = ()) -> frozenset[str]:
+    """Return the lower-case names and addresses that ``array_ip`` may carry.
+
+    ``extra`` are names from the configuration (``api.array_names``).
+    """
     names = {"localhost", "127.0.0.1", "::1"}
     names.update(a.lower() for a in addresses)
+    names.update(n.lower() for n in extra)
     hostname = socket.gethostname()
     names.add(hostname.lower())
     with contextlib.suppress(OSError):

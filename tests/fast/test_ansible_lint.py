@@ -155,6 +155,7 @@ def test_config_template_every_key(tmp_path: Path) -> None:
         "cspd_array_tls_key_src": "/controller/array.key",
         "cspd_array_api_plain_http": False,
         "cspd_array_api_max_body_bytes": 65536,
+        "cspd_array_api_array_names": ["array01.example"],
         "cspd_array_state_dir": "/srv/cspd",
         "cspd_array_tokens_lifetime": 3600,
         "cspd_array_tokens_failed_login_delay": 2,
@@ -181,6 +182,7 @@ def test_config_template_every_key(tmp_path: Path) -> None:
     assert config.api.tls_key == "/etc/cspd/tls/tls.key"
     assert config.api.plain_http is False
     assert config.api.max_body_bytes == 65536
+    assert config.api.array_names == ["array01.example"]
     assert config.state.dir == "/srv/cspd"
     assert config.tokens.lifetime == 3600
     assert config.tokens.failed_login_delay == 2.0

@@ -43,6 +43,11 @@ url = "https://127.0.0.1:9443"
     assert config.replication_partners[0].direction == "downstream"
 
 
+def test_array_names_parse() -> None:
+    config = parse_config('[api]\narray_names = ["Array01.example", "203.0.113.7"]')
+    assert config.api.array_names == ["Array01.example", "203.0.113.7"]
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
@@ -61,6 +66,7 @@ url = "https://127.0.0.1:9443"
         ('[iscsi]\nportals = ["0.0.0.0"]', "iscsi.portals"),
         ('[iscsi]\nportals = ["host"]', "iscsi.portals"),
         ('[log]\nlevel = "loud"', "log.level"),
+        ('[api]\narray_names = ["two words"]', "api.array_names"),
         ('[[replication_partners]]\nname = "a"\nurl = "x"', "replication_partners.url"),
     ],
 )

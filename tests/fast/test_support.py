@@ -14,7 +14,7 @@ from cryptography import x509
 
 from cspd.config import parse_config
 from cspd.logs import FieldFormatter
-from cspd.netinfo import default_portals, parse_ip_addr_json
+from cspd.netinfo import default_portals, own_names, parse_ip_addr_json
 from cspd.provider.base import reported_size
 from cspd.sdnotify import notify
 from cspd.tls import certificate_paths, server_context
@@ -60,6 +60,14 @@ def test_default_portals_skip_loopback_and_link_local() -> None:
     addresses = [a for _, a in parse_ip_addr_json(IP_ADDR_JSON)]
     assert default_portals(addresses) == ["10.0.2.15", "2001:db8::5"]
     assert default_portals(["127.0.0.1"]) == ["127.0.0.1"]
+
+
+def test_own_names_include_configured() -> None:
+    names = own_names(["10.0.2.15"], ["Array01.Example"])
+    assert "array01.example" in names
+    assert "10.0.2.15" in names
+    assert "localhost" in names
+    assert "203.0.113.9" not in names
 
 
 def test_self_signed_certificate_made_once(tmp_path: Path) -> None:
