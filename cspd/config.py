@@ -1,8 +1,8 @@
 """Configuration file of the daemon (TOML).
 
-Every key has a safe default except where none exists; see README.md for the
-reference. ``load_config`` raises ``ConfigError`` naming the key and the
-problem, and ``cspd serve`` stops with that message.
+Every key has a safe default except where none exists, and
+docs/configuration.md is the reference. ``load_config`` raises ``ConfigError``
+naming the key and the problem, and ``cspd serve`` stops with that message.
 """
 
 from __future__ import annotations

@@ -245,6 +245,7 @@ rm -rf {INSTALL_DIR} && mkdir -p {INSTALL_DIR} && tar -x -C {INSTALL_DIR} -f -
 {VENV}/bin/pip install --quiet --disable-pip-version-check --no-index \
     --find-links {GUEST_WHEELHOUSE} --no-deps --force-reinstall {INSTALL_DIR}/{wheel.name}
 install -m 0644 {INSTALL_DIR}/cspd.service /etc/systemd/system/cspd.service
+ln -sf {VENV}/bin/cspd /usr/local/bin/cspd
 install -d -m 0750 /etc/cspd
 install -m 0640 {INSTALL_DIR}/cspd.toml {CONFIG_PATH}
 systemctl daemon-reload
