@@ -13,17 +13,11 @@ from cspd import wire
 from cspd.api.keys import PROVIDER
 from cspd.api.routes import json_response
 
-
-def _query(request: web.Request, name: str) -> str | None:
-    """Return a query parameter; None when absent."""
-    return request.query.get(name)
-
-
 # -- volume groups ---------------------------------------------------------------------
 
 
 async def list_volume_groups(request: web.Request) -> web.Response:
-    groups = await request.app[PROVIDER].groups.list_volume_groups(_query(request, "name"))
+    groups = await request.app[PROVIDER].groups.list_volume_groups(request.query.get("name"))
     return json_response(groups)
 
 
@@ -47,7 +41,7 @@ async def delete_volume_group(request: web.Request) -> web.Response:
 
 async def list_snapshot_groups(request: web.Request) -> web.Response:
     groups = await request.app[PROVIDER].groups.list_snapshot_groups(
-        _query(request, "volume_group_id"), name=_query(request, "name")
+        request.query.get("volume_group_id"), name=request.query.get("name")
     )
     return json_response(groups)
 
@@ -66,7 +60,7 @@ async def delete_snapshot_group(request: web.Request) -> web.Response:
     # The specification shows a body (a list of ids) with the replication
     # partner form; the query names everything needed, so the body is unused.
     # An empty partner name is no partner.
-    partner = _query(request, "replication_partner") or None
+    partner = request.query.get("replication_partner") or None
     await request.app[PROVIDER].groups.delete_snapshot_group(request.match_info["id"], partner)
     return web.Response(status=204)
 
@@ -76,7 +70,7 @@ async def delete_snapshot_group(request: web.Request) -> web.Response:
 
 async def list_replication_partners(request: web.Request) -> web.Response:
     partners = await request.app[PROVIDER].groups.list_replication_partners(
-        _query(request, "name")
+        request.query.get("name")
     )
     return json_response(partners)
 

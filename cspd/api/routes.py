@@ -18,10 +18,6 @@ def json_response(value: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=wire.encode(value), content_type="application/json")
 
 
-def _query(request: web.Request, name: str) -> str | None:
-    """Return a query parameter; None when absent."""
-    return request.query.get(name)
-
 
 # -- tokens ---------------------------------------------------------------------
 
@@ -68,7 +64,7 @@ async def delete_host(request: web.Request) -> web.Response:
 
 
 async def list_volumes(request: web.Request) -> web.Response:
-    name = _query(request, "name")
+    name = request.query.get("name")
     return json_response(await request.app[PROVIDER].volumes.list_volumes(name=name))
 
 
@@ -88,7 +84,7 @@ async def edit_volume(request: web.Request) -> web.Response:
 
 
 async def delete_volume(request: web.Request) -> web.Response:
-    force = (_query(request, "force") or "false").lower()
+    force = (request.query.get("force") or "false").lower()
     if force not in ("true", "false"):
         raise BadRequest(f"Invalid value for query 'force': {force!r}; expected true or false.")
     await request.app[PROVIDER].volumes.delete_volume(request.match_info["id"])
@@ -111,8 +107,8 @@ async def unpublish_volume(request: web.Request) -> web.Response:
 
 
 async def list_snapshots(request: web.Request) -> web.Response:
-    volume_id = _query(request, "volume_id")
-    name = _query(request, "name")
+    volume_id = request.query.get("volume_id")
+    name = request.query.get("name")
     snapshots = await request.app[PROVIDER].volumes.list_snapshots(volume_id=volume_id, name=name)
     return json_response(snapshots)
 
