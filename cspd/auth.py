@@ -81,7 +81,7 @@ class FailedLogins:
 
     Each failure within ``window`` seconds adds ``step`` seconds, up to
     ``max_delay``; a success clears the peer. The count is kept in memory only,
-    so a daemon restart forgets it.
+    so a daemon restart clears it.
     """
 
     def __init__(self, step: float, max_delay: float = 10.0, window: float = 300.0) -> None:

@@ -32,7 +32,7 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     plain_http: bool = False
     max_body_bytes: int = 1024 * 1024
     # Further names of this box that clients may send as array_ip, such as
-    # the DNS name in the CSI driver's Secret; its own host name and
+    # the DNS name in the CSI driver's Secret. The host's own names and
     # addresses are always accepted.
     array_names: list[str] = msgspec.field(default_factory=list)
 

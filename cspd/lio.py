@@ -13,7 +13,7 @@ drivers/target/iscsi):
 * The TPG attribute ``authentication`` is a switch for the whole TPG, and
   setting it to 1 also removes ``None`` from the AuthMethod values the TPG
   offers (``iscsit_ta_authentication``). An initiator without CHAP then fails
-  negotiation whatever its ACL says. The TPG therefore stays at 0.
+  negotiation whatever its ACL allows. The TPG therefore stays at 0.
 * Each node ACL has its own ``attrib/authentication``: -1 (the default)
   inherits the TPG value, 0 lets the ACL log in without CHAP, 1 requires CHAP.
   ``iscsi_conn_auth_required`` reads it for a normal session on an explicit

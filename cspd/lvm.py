@@ -352,8 +352,8 @@ class LvmAdapter:
         """Create read-only thin snapshots of several origins, as (origin, name) pairs.
 
         One ``lvs`` before and one after serve every snapshot, so a caller
-        that holds I/O while this runs holds it for little more than the
-        ``lvcreate`` calls. On any failure every snapshot this call made is
+        that suspends I/O while this runs keeps it suspended for little more
+        than the ``lvcreate`` calls. On any failure every snapshot this call made is
         removed before LvmError is raised.
         """
         for origin, name in pairs:

@@ -648,7 +648,7 @@ class Store:
 
     def _lowest_free_lun(self, target_iqn: str) -> int:
         # TODO: after MAX_LUN_ID allocations on one shared target, ids are reused
-        # lowest-first, and a host that kept a stale device for a reused id sees
+        # lowest-first, and a host that kept a stale device for a reused id reaches
         # another volume behind it until it rescans.
         used = {
             row[0]

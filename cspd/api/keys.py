@@ -1,4 +1,4 @@
-"""Typed keys under which the application holds its services."""
+"""Typed keys under which the application stores its services."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ _HTTP_CODES = {
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     if status == 401:
-        # The HPE CSI driver logs in again on a 401 and repeats the call; an
+        # The HPE CSI driver logs in again on a 401 and repeats the call. An
         # error body would stay in its error variable and fail the repeat.
         return web.Response(status=401)
     body = {"errors": [{"code": code, "message": message}]}

@@ -1,7 +1,7 @@
 """Handlers of the CSP endpoints for tokens, hosts, volumes and snapshots.
 
 Handlers decode the request into wire structs, call the provider and encode
-its answer. Errors travel as cspd.errors exceptions to the middleware.
+its result. Errors travel as cspd.errors exceptions to the middleware.
 """
 
 from __future__ import annotations
@@ -129,8 +129,11 @@ async def delete_snapshot(request: web.Request) -> web.Response:
 
 
 def add_routes(router: web.UrlDispatcher, prefix: str) -> None:
-    """Register the handlers under ``prefix``; collections answer with and without a
-    trailing slash, because the specification shows both."""
+    """Register the handlers under ``prefix``.
+
+    Collections are served with and without a trailing slash, because the
+    specification shows both.
+    """
 
     def collection(path: str) -> list[str]:
         return [f"{prefix}{path}", f"{prefix}{path}/"]

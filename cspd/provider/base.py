@@ -1,4 +1,4 @@
-"""What every part of the provider shares: the adapters, the store and the locks."""
+"""State shared by every part of the provider: the adapters, the store and the locks."""
 
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ def io_device_name(lv_name: str) -> str:
 def reported_size(stored_size: int, lv_size: int, extent_size: int) -> int:
     """Return the size the API reports for an LV created or grown to ``stored_size``.
 
-    LVM rounds sizes up to whole extents, but a retried create must see the
-    exact bytes it asked for. The stored request stands while the LV still has
-    the size LVM gave it; after a change made outside cspd, the LV's own size
-    wins.
+    LVM rounds sizes up to whole extents, but a retried create must get back
+    the exact bytes it requested. The stored size is reported while the LV
+    still has the size LVM gave it. After a change made outside cspd, the LV's
+    own size is reported.
     """
     rounded = -(-stored_size // extent_size) * extent_size
     if lv_size in (stored_size, rounded):
@@ -121,12 +121,12 @@ class Backend:
         pool = f"{self.lvm.vg}/{self.lvm.pool}"
         if usage.data_percent >= limits.max_data_percent:
             raise InsufficientSpace(
-                f"{operation} refused: thin pool {pool} data is {usage.data_percent:.1f}% "
+                f"{operation} rejected: thin pool {pool} data is {usage.data_percent:.1f}% "
                 f"full, the limit is {limits.max_data_percent:g}%"
             )
         if usage.metadata_percent >= limits.max_metadata_percent:
             raise InsufficientSpace(
-                f"{operation} refused: thin pool {pool} metadata is "
+                f"{operation} rejected: thin pool {pool} metadata is "
                 f"{usage.metadata_percent:.1f}% full, the limit is "
                 f"{limits.max_metadata_percent:g}%"
             )

@@ -208,8 +208,10 @@ class ExportService:
         # Initiator names the host no longer reports lose their access.
         for stale in sorted(granted - set(host.iqns)):
             await self.lio.remove_acl_lun(target, stale, lun)
-        await self.store.set_access(volume.id, host.id, host.iqns)
+        # The record comes last, so that a failed save leaves no access row
+        # for ACLs that the undo then removes.
         await self.lio.save()
+        await self.store.set_access(volume.id, host.id, host.iqns)
 
         if new_export or previous is None:
             log.info(

@@ -419,8 +419,8 @@ class VolumeService:
     async def check_snapshot_deletable(self, row: SnapshotRow) -> None:
         """Raise Conflict while a clone of the snapshot exists.
 
-        A clone shows as a thin LV whose origin is the snapshot's LV, and as a
-        volume record naming the snapshot as its base; either one counts.
+        A clone is either a thin LV whose origin is the snapshot's LV or a
+        volume record that names the snapshot as its base.
         """
         lvs = await self.lvm.list_thin_lvs()
         lv_names = {lv.name for lv in lvs}
